@@ -1,0 +1,69 @@
+"""kfp wrapper of the analyze stage: forwards to components.analyze.logic.analyze."""
+
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+
+def analyze_op(
+    challenger: Input[Model],
+    holdout_set: Input[Dataset],
+    golden_set: Input[Dataset],
+    mlflow_tracking_uri: str,
+    registered_model: str,
+    min_improvement: float,
+    max_golden_regression: float,
+    run_name: str,
+    report: Output[Markdown],
+    decision: Output[Artifact],
+    metrics: Output[Metrics],
+    challenger_new_data: Output[ClassificationMetrics],
+    champion_new_data: Output[ClassificationMetrics],
+    challenger_golden: Output[ClassificationMetrics],
+    champion_golden: Output[ClassificationMetrics],
+) -> bool:
+    """Challenger vs champion on the new data and the golden set; returns whether to deploy.
+
+    Args:
+        challenger: the challenger's model file (from train).
+        holdout_set: pseudo-labelled holdout of the new data (from consensus-filter).
+        golden_set: labelled golden set of the original distribution.
+        mlflow_tracking_uri: MLflow tracking URI ("" uses MLFLOW_TRACKING_URI).
+        registered_model: MLflow registered model; its `champion` alias is the model to beat.
+        min_improvement: the challenger must beat the champion on new data by at least this.
+        max_golden_regression: the challenger may lose at most this on the golden set.
+        run_name: the pipeline run, for alerts.
+        report: metrics side by side, per-class recall, decision and reasons.
+        decision: the decision, its reasons and the metric deltas (JSON), for the Slack message.
+        metrics: accuracies and macro-F1 of both models on both sets.
+        challenger_new_data: the challenger's confusion matrix on the new data.
+        champion_new_data: the champion's confusion matrix on the new data.
+        challenger_golden: the challenger's confusion matrix on the golden set.
+        champion_golden: the champion's confusion matrix on the golden set.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from components.alerts import alert_on_failure
+    from components.analyze.logic import analyze
+    from ctloop import registry
+
+    with alert_on_failure("analyze", run_name), tempfile.TemporaryDirectory() as scratch:
+        uri = mlflow_tracking_uri or None
+        champion_version = registry.require_alias(registered_model, "champion", uri)
+        champion = registry.download_version(registered_model, champion_version, scratch, uri)
+        result = analyze(Path(challenger.path), champion.model_file, Path(holdout_set.path),
+                         Path(golden_set.path), min_improvement, max_golden_regression, Path(report.path))
+    flat = result.metrics()
+    for name, value in flat.items():
+        metrics.log_metric(name, value)
+    matrices = {("challenger", "holdout"): challenger_new_data, ("champion", "holdout"): champion_new_data,
+                ("challenger", "golden"): challenger_golden, ("champion", "golden"): champion_golden}
+    for (model, data_set), output in matrices.items():
+        output.log_confusion_matrix(result.class_names, result.scores[model][data_set].confusion_matrix)
+    deltas = {f"{data_set} accuracy": flat[f"challenger_{data_set}_accuracy"] - flat[f"champion_{data_set}_accuracy"]
+              for data_set in ("holdout", "golden")}
+    for reason in result.reasons:
+        print(reason)
+    Path(decision.path).write_text(json.dumps({"deploy": result.deploy, "reasons": result.reasons,
+                                               "champion_version": champion_version, "deltas": deltas}))
+    return result.deploy

@@ -1,0 +1,289 @@
+"""analyze: the challenger against the champion, and whether to deploy it.
+
+Both models predict in-process on two sets: the pseudo-labelled holdout (the new, drifted data)
+and the labelled golden set (the original distribution). The challenger is deployed only if it
+beats the champion by at least `min_improvement` on the new data and loses at most
+`max_golden_regression` on the golden set. Every criterion becomes one sentence in `reasons`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctloop.images import ImageSet, write_atomic
+from ctloop.modelfile import ModelCard, load_model, predict_proba
+
+MODELS = ("champion", "challenger")
+DATA_SETS = ("holdout", "golden")
+# Accuracies are ratios of counts; this keeps 0.96 - 0.95 >= 0.01 true despite rounding.
+_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """One model on one data set. Recall is None for a class without samples in the set."""
+
+    count: int
+    accuracy: float
+    macro_f1: float
+    per_class_recall: list[float | None]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """The deploy decision, its reasons and every score; `scores[model][data_set]`."""
+
+    deploy: bool
+    reasons: list[str]
+    class_names: list[str]
+    scores: dict[str, dict[str, ModelScores]]
+    min_improvement: float
+    max_golden_regression: float
+    report: Path
+
+    def metrics(self) -> dict[str, float]:
+        """Flat scalar metrics, e.g. `challenger_holdout_accuracy`, for kfp Metrics."""
+        flat: dict[str, float] = {}
+        for model in MODELS:
+            for data_set in DATA_SETS:
+                score = self.scores[model][data_set]
+                flat[f"{model}_{data_set}_accuracy"] = score.accuracy
+                flat[f"{model}_{data_set}_macro_f1"] = score.macro_f1
+                flat[f"{data_set}_count"] = float(score.count)
+        return flat
+
+    def to_dict(self) -> dict[str, Any]:
+        result = asdict(self)
+        result["report"] = str(self.report)
+        return result
+
+
+def analyze(
+    challenger_file: Path,
+    champion_file: Path,
+    holdout_set: Path,
+    golden_set: Path,
+    min_improvement: float,
+    max_golden_regression: float,
+    report_out: Path,
+) -> AnalysisResult:
+    """Score both models on the holdout and the golden set, decide, and write a Markdown report.
+
+    Args:
+        challenger_file: The challenger's TorchScript model file.
+        champion_file: The serving champion's TorchScript model file.
+        holdout_set: ImageSet .npz of pseudo-labelled new data the challenger did not train on.
+        golden_set: ImageSet .npz of labelled data from the original distribution.
+        min_improvement: Required gain in holdout accuracy (challenger - champion).
+        max_golden_regression: Allowed loss in golden accuracy (champion - challenger).
+        report_out: Where to write the Markdown report.
+
+    Returns:
+        The AnalysisResult; `deploy` is False, with the reason, when a set is empty.
+    """
+    challenger, challenger_card = load_model(challenger_file)
+    champion, champion_card = load_model(champion_file)
+    data = {"holdout": ImageSet.load(holdout_set), "golden": ImageSet.load(golden_set)}
+    paths = {"holdout": holdout_set, "golden": golden_set}
+    class_names = data["golden"].class_names
+    for name, card, path in (
+        ("challenger", challenger_card, challenger_file),
+        ("champion", champion_card, champion_file),
+    ):
+        _check_compatible(name, card, path, data, paths)
+
+    models = {"champion": champion, "challenger": challenger}
+    scores = {
+        model: {
+            data_set: score_model(models[model], data[data_set]) for data_set in DATA_SETS
+        }
+        for model in MODELS
+    }
+    deploy, reasons = decide(scores, min_improvement, max_golden_regression)
+    result = AnalysisResult(
+        deploy,
+        reasons,
+        list(class_names),
+        scores,
+        min_improvement,
+        max_golden_regression,
+        Path(report_out),
+    )
+    write_atomic(report_out, render_report(result).encode())
+    return result
+
+
+def score_model(model: Any, data: ImageSet) -> ModelScores:
+    """Accuracy, macro-F1, per-class recall and the confusion matrix of `model` on `data`."""
+    classes = len(data.class_names)
+    if len(data) == 0:
+        return ModelScores(0, 0.0, 0.0, [None] * classes, [[0] * classes for _ in range(classes)])
+    predicted = predict_proba(model, data.images).argmax(axis=1)
+    return scores_from_labels(data.labels, predicted, classes)
+
+
+def scores_from_labels(truth: np.ndarray, predicted: np.ndarray, classes: int) -> ModelScores:
+    """The scores of predicted labels against true ones (both int arrays of the same length)."""
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (truth, predicted), 1)
+    true_positive = np.diag(matrix)
+    support = matrix.sum(axis=1)
+    predicted_count = matrix.sum(axis=0)
+    recall = [
+        float(true_positive[index] / support[index]) if support[index] else None
+        for index in range(classes)
+    ]
+    # F1 = 2TP / (2TP + FP + FN), averaged over the classes that occur in truth or prediction.
+    denominator = support + predicted_count
+    present = denominator > 0
+    f1 = 2 * true_positive[present] / denominator[present]
+    count = int(matrix.sum())
+    return ModelScores(
+        count=count,
+        accuracy=float(true_positive.sum() / count) if count else 0.0,
+        macro_f1=float(f1.mean()) if present.any() else 0.0,
+        per_class_recall=recall,
+        confusion_matrix=matrix.tolist(),
+    )
+
+
+def decide(
+    scores: dict[str, dict[str, ModelScores]], min_improvement: float, max_golden_regression: float
+) -> tuple[bool, list[str]]:
+    """Apply both criteria; returns the decision and one sentence per criterion."""
+    reasons: list[str] = []
+    passed: list[bool] = []
+    champion, challenger = scores["champion"], scores["challenger"]
+
+    holdout = challenger["holdout"].count
+    if holdout == 0:
+        passed.append(False)
+        reasons.append(
+            "Fail: the holdout of new data is empty, so there is no evidence that the challenger "
+            "is better on it; not deploying."
+        )
+    else:
+        gain = challenger["holdout"].accuracy - champion["holdout"].accuracy
+        ok = gain >= min_improvement - _TOLERANCE
+        passed.append(ok)
+        reasons.append(
+            f"{'Pass' if ok else 'Fail'}: on the new data (holdout, {holdout} samples) the "
+            f"challenger's accuracy {challenger['holdout'].accuracy:.3f} vs the champion's "
+            f"{champion['holdout'].accuracy:.3f} is a change of {gain:+.3f}; "
+            f"{'at least' if ok else 'less than'} the required improvement of "
+            f"{min_improvement:.3f}."
+        )
+
+    golden = challenger["golden"].count
+    if golden == 0:
+        passed.append(False)
+        reasons.append(
+            "Fail: the golden set is empty, so a regression on the original distribution "
+            "cannot be ruled out; not deploying."
+        )
+    else:
+        drop = champion["golden"].accuracy - challenger["golden"].accuracy
+        ok = drop <= max_golden_regression + _TOLERANCE
+        passed.append(ok)
+        change = f"a drop of {drop:.3f}" if drop > 0 else f"a change of {-drop:+.3f}"
+        reasons.append(
+            f"{'Pass' if ok else 'Fail'}: on the golden set ({golden} samples) the challenger's "
+            f"accuracy {challenger['golden'].accuracy:.3f} vs the champion's "
+            f"{champion['golden'].accuracy:.3f} is {change}; "
+            f"{'within' if ok else 'more than'} the allowed regression of "
+            f"{max_golden_regression:.3f}."
+        )
+    return all(passed), reasons
+
+
+def render_report(result: AnalysisResult) -> str:
+    """The Markdown report: decision and reasons, metrics side by side, per-class recall."""
+    lines = [
+        "# Challenger vs champion",
+        "",
+        f"**Decision: {'deploy the challenger' if result.deploy else 'do not deploy'}**",
+        "",
+        "## Reasons",
+        "",
+        *[f"- {reason}" for reason in result.reasons],
+        "",
+        "## Metrics",
+        "",
+        "| data set | samples | metric | champion | challenger | change |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for data_set in DATA_SETS:
+        champion = result.scores["champion"][data_set]
+        challenger = result.scores["challenger"][data_set]
+        for metric in ("accuracy", "macro_f1"):
+            old, new = getattr(champion, metric), getattr(challenger, metric)
+            change = f"{new - old:+.3f}" if champion.count else "n/a"
+            lines.append(
+                f"| {data_set} | {champion.count} | {metric.replace('_', '-')} | "
+                f"{_number(old, champion.count)} | {_number(new, champion.count)} | {change} |"
+            )
+    lines += [
+        "",
+        "## Per-class recall",
+        "",
+        "| class | holdout champion | holdout challenger | golden champion | golden challenger |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for index, name in enumerate(result.class_names):
+        cells = [
+            _recall(result.scores[model][data_set].per_class_recall[index])
+            for data_set in DATA_SETS
+            for model in MODELS
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for data_set in DATA_SETS:
+        for model in MODELS:
+            lines += ["", f"## Confusion matrix: {model} on the {data_set} (rows: true class)", ""]
+            lines += _matrix_table(result.class_names, result.scores[model][data_set])
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _check_compatible(
+    name: str,
+    card: ModelCard,
+    path: Path,
+    data: dict[str, ImageSet],
+    paths: dict[str, Path],
+) -> None:
+    for data_set, images in data.items():
+        if card.class_names != images.class_names:
+            raise ValueError(
+                f"{path}: the {name} predicts classes {list(card.class_names)} but "
+                f"{paths[data_set]} has {list(images.class_names)}"
+            )
+        if len(images) and card.image_size != images.image_size:
+            raise ValueError(
+                f"{path}: the {name} expects {card.image_size[0]}x{card.image_size[1]} images but "
+                f"{paths[data_set]} has {images.image_size[0]}x{images.image_size[1]}"
+            )
+
+
+def _matrix_table(class_names: list[str], score: ModelScores) -> list[str]:
+    if score.count == 0:
+        return ["(no samples)"]
+    header = "| true \\ predicted | " + " | ".join(class_names) + " |"
+    rule = "|---|" + "---:|" * len(class_names)
+    rows = [
+        f"| {name} | " + " | ".join(str(value) for value in row) + " |"
+        for name, row in zip(class_names, score.confusion_matrix)
+    ]
+    return [header, rule, *rows]
+
+
+def _number(value: float, count: int) -> str:
+    return f"{value:.3f}" if count else "n/a"
+
+
+def _recall(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,53 @@
+"""kfp wrapper of the consensus-filter stage: forwards to components.consensus.logic."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
+
+
+def consensus_op(
+    collected: Input[Dataset],
+    ts_inference_url: str,
+    ts_management_url: str,
+    confidence_threshold: float,
+    val_ratio: float,
+    batch_size: int,
+    seed: int,
+    run_name: str,
+    train_set: Output[Dataset],
+    holdout_set: Output[Dataset],
+    report: Output[Markdown],
+    metrics: Output[Metrics],
+) -> NamedTuple("ConsensusOutputs", [("kept", int), ("kept_share", float)]):
+    """Pseudo-label the window where B1 and B2 agree confidently; split train and holdout.
+
+    Args:
+        collected: the validated samples (from collect).
+        ts_inference_url: TorchServe inference API serving b1 and b2.
+        ts_management_url: TorchServe management API (keys come from the environment).
+        confidence_threshold: each branch must be at least this confident.
+        val_ratio: share of pseudo-labelled samples held out, per class.
+        batch_size: images per request to a branch model.
+        seed: seed of the split.
+        run_name: the pipeline run, for alerts.
+        train_set: pseudo-labelled training rows plus previous rows (ImageSet .npz).
+        holdout_set: pseudo-labelled holdout (ImageSet .npz), the analyze stage's new data.
+        report: kept share, per-class counts and the B1/B2 agreement matrix.
+        metrics: kept, kept_share and pseudo-label precision when labels are known.
+    """
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.alerts import alert_on_failure
+    from components.consensus.logic import consensus_filter
+    from serving.client import client_from_env
+
+    with alert_on_failure("consensus-filter", run_name):
+        client = client_from_env(ts_inference_url, ts_management_url)
+        result = consensus_filter(Path(collected.path), client, confidence_threshold, val_ratio, batch_size, seed,
+                                  Path(train_set.path), Path(holdout_set.path), Path(report.path))
+    for name in ("kept", "kept_share", "train_size", "holdout_size"):
+        metrics.log_metric(name, float(getattr(result, name)))
+    if result.pseudo_label_precision is not None:
+        metrics.log_metric("pseudo_label_precision", result.pseudo_label_precision)
+    return namedtuple("ConsensusOutputs", "kept kept_share")(result.kept, result.kept_share)

@@ -1,0 +1,191 @@
+"""consensus-filter: pseudo-label the window where the two branch models agree.
+
+A sample is kept only if B1 and B2 predict the same label and both are at least
+`confidence_threshold` sure; that label becomes its pseudo-label. The branch models were chosen
+to fail differently, so agreement is strong evidence and disagreement costs only coverage.
+The kept samples are split, stratified, into training rows and a holdout that the analyze stage
+uses as "new data"; previous training rows are added to the training side only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.collect.logic import UNLABELLED, CollectedSet
+from ctloop.images import ImageSet, write_atomic
+from serving.client import TorchServeClient, TorchServeError
+
+
+class BranchUnavailableError(RuntimeError):
+    """A branch model could not be reached after the retries; an infrastructure fault."""
+
+
+@dataclass(frozen=True)
+class BranchAnswers:
+    labels: np.ndarray
+    confidences: np.ndarray
+
+
+@dataclass(frozen=True)
+class ConsensusReport:
+    window: int
+    kept: int
+    kept_share: float
+    per_class: dict[str, int]
+    agreement: list[list[int]]
+    disagreed: int
+    unconfident: int
+    train_size: int
+    holdout_size: int
+    previous_size: int
+    pseudo_label_precision: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ask_branch(
+    client: TorchServeClient,
+    model_name: str,
+    images: np.ndarray,
+    batch_size: int,
+    retries: int = 3,
+    backoff: float = 0.5,
+) -> BranchAnswers:
+    """Labels and confidences of `model_name` for `images`, sent in .npy batches.
+
+    Connection failures and 5xx answers are retried `retries` times with doubling backoff;
+    a 4xx is the request's fault and is raised at once.
+    """
+    labels, confidences = [], []
+    for start in range(0, len(images), batch_size):
+        answer = _with_retries(
+            lambda: client.predict_batch(model_name, images[start : start + batch_size]),
+            model_name,
+            retries,
+            backoff,
+        )
+        labels.extend(answer["labels"])
+        confidences.extend(answer["confidences"])
+    return BranchAnswers(np.asarray(labels, np.int64), np.asarray(confidences, np.float64))
+
+
+def _with_retries(call, model_name: str, retries: int, backoff: float) -> dict:
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except TorchServeError as error:
+            if 400 <= error.status < 500 or attempt == retries:
+                if error.status and error.status < 500:
+                    raise
+                raise BranchUnavailableError(
+                    f"branch model {model_name!r} unavailable after {retries + 1} attempts: {error}"
+                ) from error
+            time.sleep(backoff * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def stratified_split(labels: np.ndarray, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): about `val_ratio` of each class held out, never a class's last sample."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        held = min(len(members) - 1, int(round(len(members) * val_ratio)))
+        val.extend(members[:held])
+        train.extend(members[held:])
+    return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64))
+
+
+def consensus_filter(
+    collected_path: Path,
+    client: TorchServeClient,
+    confidence_threshold: float,
+    val_ratio: float,
+    batch_size: int,
+    seed: int,
+    train_out: Path,
+    holdout_out: Path,
+    report_out: Path,
+    branches: tuple[str, str] = ("b1", "b2"),
+) -> ConsensusReport:
+    """Pseudo-label the collected window with B1 and B2; write train and holdout ImageSets."""
+    collected = CollectedSet.load(collected_path)
+    new = np.flatnonzero(collected.is_new)
+    images = collected.images[new]
+    first, second = (ask_branch(client, name, images, batch_size) for name in branches)
+    agree = first.labels == second.labels
+    confident = (first.confidences >= confidence_threshold) & (second.confidences >= confidence_threshold)
+    keep = agree & confident
+    pseudo = ImageSet(images[keep], first.labels[keep], collected.class_names)
+    train_index, holdout_index = stratified_split(pseudo.labels, val_ratio, seed)
+    previous = ~collected.is_new
+    train = ImageSet(
+        np.concatenate([pseudo.images[train_index], collected.images[previous]]),
+        np.concatenate([pseudo.labels[train_index], collected.labels[previous]]),
+        collected.class_names,
+    )
+    holdout = pseudo.subset(holdout_index)
+    train.save(train_out)
+    holdout.save(holdout_out)
+    report = _report(collected, new, first, second, keep, len(train), len(holdout))
+    write_atomic(report_out, _markdown(report, confidence_threshold, branches).encode())
+    return report
+
+
+def _report(
+    collected: CollectedSet,
+    new: np.ndarray,
+    first: BranchAnswers,
+    second: BranchAnswers,
+    keep: np.ndarray,
+    train_size: int,
+    holdout_size: int,
+) -> ConsensusReport:
+    classes = len(collected.class_names)
+    agreement = np.zeros((classes, classes), np.int64)
+    np.add.at(agreement, (first.labels, second.labels), 1)
+    kept_labels = first.labels[keep]
+    truth = collected.labels[new][keep]
+    known = truth != UNLABELLED
+    return ConsensusReport(
+        window=len(new),
+        kept=int(keep.sum()),
+        kept_share=float(keep.mean()) if len(new) else 0.0,
+        per_class={name: int((kept_labels == i).sum()) for i, name in enumerate(collected.class_names)},
+        agreement=agreement.tolist(),
+        disagreed=int((first.labels != second.labels).sum()),
+        unconfident=int(((first.labels == second.labels) & ~keep).sum()),
+        train_size=train_size,
+        holdout_size=holdout_size,
+        previous_size=int((~collected.is_new).sum()),
+        pseudo_label_precision=float((kept_labels[known] == truth[known]).mean()) if known.any() else None,
+    )
+
+
+def _markdown(report: ConsensusReport, threshold: float, branches: tuple[str, str]) -> str:
+    names = list(report.per_class)
+    lines = [
+        "# Consensus filter",
+        "",
+        f"{report.kept} of {report.window} window samples kept ({report.kept_share:.1%}): "
+        f"{branches[0]} and {branches[1]} agreed, each with confidence >= {threshold}.",
+        f"Disagreed: {report.disagreed}. Agreed but not confident: {report.unconfident}.",
+        f"Training rows: {report.train_size} (incl. {report.previous_size} previous); "
+        f"holdout: {report.holdout_size}.",
+    ]
+    if report.pseudo_label_precision is not None:
+        lines.append(f"Pseudo-label precision against known labels: {report.pseudo_label_precision:.3f}.")
+    lines += ["", "| class | kept |", "| --- | ---: |"]
+    lines += [f"| {name} | {count} |" for name, count in report.per_class.items()]
+    lines += ["", f"Agreement matrix (rows {branches[0]}, columns {branches[1]}):", ""]
+    lines.append("| | " + " | ".join(names) + " |")
+    lines.append("| --- " * (len(names) + 1) + "|")
+    for name, row in zip(names, report.agreement):
+        lines.append(f"| **{name}** | " + " | ".join(str(count) for count in row) + " |")
+    return "\n".join(lines) + "\n"

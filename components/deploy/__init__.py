@@ -1,0 +1,1 @@
+"""deploy: the challenger becomes the champion on TorchServe and in the MLflow registry."""

@@ -1,0 +1,52 @@
+"""kfp wrapper of the deploy stage: forwards to components.deploy.logic.deploy_challenger."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+
+def deploy_op(
+    challenger: Input[Model],
+    version: str,
+    canary_set: Input[Dataset],
+    model_store: str,
+    ts_inference_url: str,
+    ts_management_url: str,
+    mlflow_tracking_uri: str,
+    registered_model: str,
+    keep_versions: int,
+    run_name: str,
+    metrics: Output[Metrics],
+) -> NamedTuple("DeployOutputs", [("old_version", str), ("new_version", str)]):
+    """Serve the challenger as the new default champion version, then move the MLflow aliases.
+
+    Args:
+        challenger: the approved challenger's model file (from train).
+        version: its MLflow model version, which becomes its TorchServe version.
+        canary_set: labelled images for the smoke test (the golden set).
+        model_store: TorchServe's model store directory.
+        ts_inference_url: TorchServe inference API.
+        ts_management_url: TorchServe management API (keys come from the environment).
+        mlflow_tracking_uri: MLflow tracking URI ("" uses MLFLOW_TRACKING_URI).
+        registered_model: MLflow registered model name.
+        keep_versions: TorchServe versions kept per model.
+        run_name: the pipeline run, for alerts.
+        metrics: seconds per deploy step and the canary accuracy.
+    """
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.alerts import alert_on_failure
+    from components.deploy.logic import deploy_challenger
+    from serving.client import client_from_env
+
+    with alert_on_failure("deploy", run_name):
+        client = client_from_env(ts_inference_url, ts_management_url)
+        outcome = deploy_challenger(Path(challenger.path), version, Path(canary_set.path), Path(model_store),
+                                    client, registered_model, mlflow_tracking_uri or None,
+                                    keep_versions=keep_versions)
+    for step in outcome.steps:
+        metrics.log_metric(f"{step['name']}_seconds", step["seconds"])
+    if outcome.canary_accuracy is not None:
+        metrics.log_metric("canary_accuracy", outcome.canary_accuracy)
+    return namedtuple("DeployOutputs", "old_version new_version")(outcome.old_version or "", outcome.new_version)

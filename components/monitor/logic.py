@@ -1,0 +1,257 @@
+"""monitor: the champion's yield over its most recent predictions, and whether to retrain.
+
+Yield is the share of predictions made with confidence >= `confidence` ("confidence" mode), or
+the accuracy of the predictions when ground-truth feedback covers every one of them ("accuracy"
+mode). The window is the newest `recent_window` predictions of the model version that made the
+newest prediction (the current champion): predictions of an earlier champion say nothing about
+this one, so right after a deploy the monitor waits for a full window instead of retraining
+again because of the old model's mistakes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ctloop.images import write_atomic
+from serving.store import PredictionStoreError, read_prediction_log
+
+__all__ = ["MonitorResult", "PredictionLogError", "check_yield", "read_predictions"]
+
+Mode = Literal["confidence", "accuracy"]
+
+# Field -> accepted types of a prediction record; `item` (position in a batch request) is optional.
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "request_id": (str,),
+    "model_version": (str,),
+    "label": (int,),
+    "confidence": (int, float),
+    "sample": (str,),
+}
+
+
+class PredictionLogError(ValueError):
+    """A prediction or feedback log is missing or holds a record the handler would never write."""
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    """The retrain decision and the figures it was made from.
+
+    Attributes:
+        retrain: whether the pipeline should retrain.
+        yield_value: yield of the window (of the partial window when it is not full yet).
+        baseline: yield of the champion's first full window; None when a fixed threshold is used
+            or the window is not full.
+        threshold_used: the value the yield was compared with; None when there was no comparison.
+        mode: "confidence" or "accuracy" (ground-truth feedback covered the window).
+        window_size: predictions in the window.
+        model_version: the champion version whose predictions form the window.
+        reason: one sentence with the numbers behind the decision.
+        truncated_tail: the log's last line was cut short (a writer died mid-line) and skipped.
+    """
+
+    retrain: bool
+    yield_value: float
+    baseline: float | None
+    threshold_used: float | None
+    mode: Mode
+    window_size: int
+    model_version: str
+    reason: str
+    truncated_tail: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_yield(
+    prediction_log: Path,
+    recent_window: int,
+    yield_threshold: float | None,
+    yield_drop_tolerance: float,
+    yield_floor: float,
+    confidence: float,
+    feedback_log: Path | None = None,
+    window_out: Path | None = None,
+) -> MonitorResult:
+    """Decide whether the champion's recent yield calls for retraining.
+
+    Args:
+        prediction_log: the store's predictions.jsonl.
+        recent_window: how many of the champion's newest predictions form the window.
+        yield_threshold: retrain when yield < this; None: compare with the champion's baseline.
+        yield_drop_tolerance: with no threshold, retrain when yield < baseline - this ...
+        yield_floor: ... or below this floor, whichever is higher.
+        confidence: a prediction counts towards the confidence yield when its confidence >= this.
+        feedback_log: optional JSONL of ground truth, `{"request_id": str, "label": int}` per line
+            (plus `"item": int` for images after the first of a batch request).
+        window_out: where to write the window's records as JSONL, for the collect stage; each
+            record gets `feedback_label` when feedback gave its true label.
+
+    Returns:
+        The decision and its figures.
+
+    Raises:
+        PredictionLogError: the log is missing, empty or holds a malformed record; the message
+            names the file and line.
+        ValueError: a parameter is out of range.
+    """
+    _check_parameters(recent_window, yield_threshold, yield_drop_tolerance, yield_floor, confidence)
+    records, truncated = read_predictions(prediction_log)
+    if not records:
+        raise PredictionLogError(
+            f"{prediction_log}: no complete prediction in the log; serve some traffic through the "
+            "champion before monitoring"
+        )
+    version = records[-1]["model_version"]
+    ours = [record for record in records if record["model_version"] == version]
+    window = ours[-recent_window:]
+    baseline_window = ours[:recent_window]
+    feedback = _read_feedback(feedback_log) if feedback_log is not None else {}
+    if window_out is not None:
+        _write_window(window_out, window, feedback)
+
+    full = len(window) == recent_window
+    needed = window + (baseline_window if yield_threshold is None and full else [])
+    covered = bool(feedback) and all(_key(record) in feedback for record in needed)
+    mode: Mode = "accuracy" if covered else "confidence"
+    value = _yield(window, mode, confidence, feedback)
+    measure = _describe(mode, confidence, len(window), version)
+    tail_note = "; the log's last line was cut short and skipped" if truncated else ""
+
+    if not full:
+        return MonitorResult(
+            retrain=False, yield_value=value, baseline=None, threshold_used=yield_threshold, mode=mode,
+            window_size=len(window), model_version=version, truncated_tail=truncated,
+            reason=(
+                f"only {len(window)} of {recent_window} predictions by model version {version} so far "
+                f"(yield {value:.3f} as {measure}); waiting for a full window{tail_note}."
+            ),
+        )
+    if yield_threshold is not None:
+        baseline, threshold = None, float(yield_threshold)
+        rule = f"the threshold {threshold:.3f}"
+    else:
+        baseline = _yield(baseline_window, mode, confidence, feedback)
+        threshold = max(baseline - yield_drop_tolerance, yield_floor)
+        rule = (
+            f"{threshold:.3f} = max(baseline {baseline:.3f} - tolerance {yield_drop_tolerance:.3f}, "
+            f"floor {yield_floor:.3f})"
+        )
+    retrain = value < threshold
+    verdict = f"is below {rule}: retrain" if retrain else f"is not below {rule}: no retrain"
+    return MonitorResult(
+        retrain=retrain, yield_value=value, baseline=baseline, threshold_used=threshold, mode=mode,
+        window_size=len(window), model_version=version, truncated_tail=truncated,
+        reason=f"yield {value:.3f} as {measure} {verdict}{tail_note}.",
+    )
+
+
+def read_predictions(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The log's complete records, checked field by field, and whether a truncated last line was
+    skipped. Errors name the file and the line."""
+    records, truncated = _read_jsonl(path, "prediction log")
+    for number, record in enumerate(records, start=1):
+        _check_record(record, path, number)
+    return records, truncated
+
+
+def _read_jsonl(path: Path, what: str) -> tuple[list[Any], bool]:
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionLogError(f"{what} {path} does not exist")
+    try:
+        records = read_prediction_log(path)
+    except PredictionStoreError as error:
+        raise PredictionLogError(str(error)) from error
+    except OSError as error:
+        raise PredictionLogError(f"{what} {path}: cannot read ({error.strerror})") from error
+    return list(records), records.truncated_tail
+
+
+def _check_record(record: Any, path: Path, number: int) -> None:
+    if not isinstance(record, dict):
+        raise PredictionLogError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+    for field, types in _RECORD_FIELDS.items():
+        value = record.get(field)
+        if value is None:
+            raise PredictionLogError(f"{path}:{number}: prediction record has no {field!r}")
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise PredictionLogError(
+                f"{path}:{number}: {field!r} must be {' or '.join(t.__name__ for t in types)}, got {value!r}"
+            )
+    item = record.get("item", 0)
+    if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+        raise PredictionLogError(f"{path}:{number}: 'item' must be an int >= 0, got {item!r}")
+    if not 0.0 <= record["confidence"] <= 1.0 or not math.isfinite(record["confidence"]):
+        raise PredictionLogError(f"{path}:{number}: 'confidence' must be in [0, 1], got {record['confidence']!r}")
+
+
+def _read_feedback(path: Path) -> dict[tuple[str, int], int]:
+    """Ground truth by (request_id, item); a later line for the same sample overrides an earlier
+    one (a corrected label)."""
+    lines, _ = _read_jsonl(path, "feedback log")
+    feedback: dict[tuple[str, int], int] = {}
+    for number, line in enumerate(lines, start=1):
+        expected = 'expected {"request_id": str, "label": int >= 0} with an optional "item": int >= 0'
+        if not isinstance(line, dict):
+            raise PredictionLogError(f"{path}:{number}: {expected}, got {json.dumps(line)}")
+        request_id, label, item = line.get("request_id"), line.get("label"), line.get("item", 0)
+        valid = (
+            isinstance(request_id, str)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (label, item))
+        )
+        if not valid:
+            raise PredictionLogError(f"{path}:{number}: {expected}, got {json.dumps(line)}")
+        feedback[(request_id, item)] = label
+    return feedback
+
+
+def _key(record: dict[str, Any]) -> tuple[str, int]:
+    return record["request_id"], record.get("item", 0)
+
+
+def _yield(records: Sequence[dict[str, Any]], mode: Mode, confidence: float,
+           feedback: dict[tuple[str, int], int]) -> float:
+    if not records:
+        return 0.0
+    if mode == "accuracy":
+        hits = sum(record["label"] == feedback[_key(record)] for record in records)
+    else:
+        hits = sum(record["confidence"] >= confidence for record in records)
+    return hits / len(records)
+
+
+def _describe(mode: Mode, confidence: float, count: int, version: str) -> str:
+    what = "accuracy against feedback" if mode == "accuracy" else f"share with confidence >= {confidence:.2f}"
+    return f"{what} over the last {count} predictions of model version {version}"
+
+
+def _write_window(path: Path, window: list[dict[str, Any]], feedback: dict[tuple[str, int], int]) -> None:
+    lines = []
+    for record in window:
+        if _key(record) in feedback:
+            record = {**record, "feedback_label": feedback[_key(record)]}
+        lines.append(json.dumps(record) + "\n")
+    write_atomic(path, "".join(lines).encode("utf-8"))
+
+
+def _check_parameters(recent_window: int, yield_threshold: float | None, yield_drop_tolerance: float,
+                      yield_floor: float, confidence: float) -> None:
+    if isinstance(recent_window, bool) or not isinstance(recent_window, int) or recent_window < 1:
+        raise ValueError(f"recent_window must be an int >= 1, got {recent_window!r}")
+    ranged = {
+        "yield_threshold": yield_threshold,
+        "yield_drop_tolerance": yield_drop_tolerance,
+        "yield_floor": yield_floor,
+        "confidence": confidence,
+    }
+    for name, value in ranged.items():
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value!r}")

@@ -1,0 +1,45 @@
+"""kfp wrapper of the train stage: forwards to components.train.logic.train_challenger."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+
+def train_op(
+    train_set: Input[Dataset],
+    holdout_set: Input[Dataset],
+    epochs: int,
+    seed: int,
+    mlflow_tracking_uri: str,
+    registered_model: str,
+    run_name: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+) -> NamedTuple("TrainOutputs", [("version", str), ("run_id", str)]):
+    """Train the challenger and register it in MLflow with the alias `challenger`.
+
+    Args:
+        train_set: pseudo-labelled plus previous training rows (from consensus-filter).
+        holdout_set: pseudo-labelled holdout, for per-epoch validation accuracy.
+        epochs: training epochs.
+        seed: training seed.
+        mlflow_tracking_uri: MLflow tracking URI ("" uses MLFLOW_TRACKING_URI).
+        registered_model: MLflow registered model name.
+        run_name: the pipeline run, for alerts.
+        model: the challenger's TorchScript file.
+        metrics: final training metrics.
+    """
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.alerts import alert_on_failure
+    from components.train.logic import train_challenger
+
+    with alert_on_failure("train", run_name):
+        result = train_challenger(Path(train_set.path), Path(holdout_set.path), epochs, seed,
+                                  mlflow_tracking_uri or None, registered_model, Path(model.path))
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, float(value))
+    model.metadata["mlflow_version"] = result.version
+    model.metadata["mlflow_run_id"] = result.run_id
+    return namedtuple("TrainOutputs", "version run_id")(result.version, result.run_id)

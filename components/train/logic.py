@@ -1,0 +1,192 @@
+"""train: the challenger, the champion's architecture retrained on pseudo-labelled + previous data.
+
+Everything about the run goes to MLflow: params, per-epoch metrics, the TorchScript file and
+the training set it saw, and a new registered version carrying the alias `challenger`.
+Kubeflow sets MLFLOW_RUN_ID; that run is resumed instead of starting a new one, and a re-run of
+the same run (after the pod was killed) reuses the version it already registered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from ctloop import registry
+from ctloop.images import ImageSet
+from ctloop.modelfile import ModelCard, save_model
+from ctloop.registry import CHALLENGER
+from ctloop.training import RECIPES, EpochMetrics, accuracy, train_model, with_epochs
+
+_logger = logging.getLogger(__name__)
+
+ROLE = "champion"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What the train stage produced: the registered version, its run and the final metrics."""
+
+    version: str
+    run_id: str
+    model_file: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        result = asdict(self)
+        result["model_file"] = str(self.model_file)
+        return result
+
+
+def train_challenger(
+    train_set: Path,
+    holdout_set: Path | None,
+    epochs: int,
+    seed: int,
+    tracking_uri: str | None,
+    model_name: str,
+    out_model: Path,
+    experiment: str = "ctloop",
+    progress: bool = False,
+) -> TrainResult:
+    """Train the challenger, log it to MLflow and register it with the alias `challenger`.
+
+    Args:
+        train_set: ImageSet .npz to train on (pseudo-labelled window + previous training data).
+        holdout_set: ImageSet .npz for per-epoch val_accuracy, or None (or empty) for none.
+        epochs: Number of training epochs.
+        seed: Seed of the champion recipe (initialisation and batch order).
+        tracking_uri: MLflow tracking URI; None means MLFLOW_TRACKING_URI.
+        model_name: Registered model name.
+        out_model: Where to write the challenger's TorchScript file.
+        experiment: MLflow experiment for a new run (ignored when MLFLOW_RUN_ID is set).
+        progress: Show a progress bar while training.
+
+    Returns:
+        The TrainResult; `reused` is True when this run had already registered its version.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    uri = registry.resolve_tracking_uri(tracking_uri)
+    train = ImageSet.load(train_set)
+    holdout = ImageSet.load(holdout_set) if holdout_set is not None else None
+    if len(train) == 0:
+        raise ValueError(f"{train_set}: the training set is empty; nothing to train on")
+    if holdout is not None and holdout.class_names != train.class_names:
+        raise ValueError(
+            f"{holdout_set}: class names {list(holdout.class_names)} differ from the training "
+            f"set's {list(train.class_names)}"
+        )
+    client = registry.client(uri)
+    run_id = _start_or_resume_run(client, uri, experiment)
+
+    existing = registry.find_version_for_run(model_name, run_id, uri)
+    if existing is not None:
+        return _reuse_version(client, uri, model_name, existing, run_id, Path(out_model))
+
+    params = _params(train, holdout, epochs, seed, model_name)
+    _log(uri, f"log params of run {run_id}", client.log_batch, run_id, params=params)
+    started = time.monotonic()
+
+    def on_epoch(metrics: EpochMetrics) -> None:
+        values = {"loss": metrics.loss, "train_accuracy": metrics.train_accuracy}
+        if metrics.val_accuracy is not None:
+            values["val_accuracy"] = metrics.val_accuracy
+        now = int(time.time() * 1000)
+        batch = [Metric(key, value, now, metrics.epoch) for key, value in values.items()]
+        _log(uri, f"log epoch {metrics.epoch} metrics of run {run_id}", client.log_batch, run_id,
+             metrics=batch)
+
+    config = with_epochs(RECIPES[ROLE], epochs)
+    model, history = train_model(
+        ROLE, train, replace(config, seed=seed), val=holdout, on_epoch=on_epoch, progress=progress
+    )
+    card = ModelCard(ROLE, train.class_names, train.image_size, type(model).__name__)
+    out_model = Path(out_model)
+    save_model(model, card, out_model)
+
+    final = history[-1]
+    metrics = {
+        "loss": final.loss,
+        "train_accuracy": final.train_accuracy,
+        "train_seconds": time.monotonic() - started,
+    }
+    if holdout is not None and len(holdout):
+        metrics["val_accuracy"] = accuracy(model, holdout)
+    _log(uri, f"log final metrics of run {run_id}", client.log_metric, run_id, "train_seconds",
+         metrics["train_seconds"])
+
+    # Only now, with the model file complete, does anything reach the registry.
+    version = registry.register_model_file(
+        model_name, out_model, train_set, run_id=run_id, alias=CHALLENGER, tracking_uri=uri
+    )
+    _log(uri, f"tag run {run_id}", client.set_tag, run_id, "ctloop.registered_version", version)
+    _finish_run(client, uri, run_id)
+    _logger.info("registered %s version %s (run %s) as %s", model_name, version, run_id, CHALLENGER)
+    return TrainResult(version, run_id, out_model, metrics)
+
+
+def _start_or_resume_run(client: MlflowClient, uri: str, experiment: str) -> str:
+    run_id = os.environ.get("MLFLOW_RUN_ID", "")
+    if run_id:
+        _log(uri, f"resume the run MLFLOW_RUN_ID={run_id}", client.update_run, run_id, "RUNNING")
+        return run_id
+    experiment_id = registry.ensure_experiment(experiment, uri)
+    run = _log(uri, f"create a run in experiment {experiment!r}", client.create_run,
+               experiment_id, run_name="train-challenger")
+    return run.info.run_id
+
+
+def _reuse_version(
+    client: MlflowClient, uri: str, model_name: str, version: str, run_id: str, out_model: Path
+) -> TrainResult:
+    """The run already registered `version` before it was interrupted: hand that back."""
+    _logger.info("run %s already registered %s version %s; reusing it", run_id, model_name, version)
+    registry.set_alias(model_name, CHALLENGER, version, uri)
+    out_model.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_model.parent, prefix=".download-") as staging:
+        files = registry.download_version(model_name, version, staging, uri)
+        os.replace(files.model_file, out_model)
+    run = _log(uri, f"read run {run_id}", client.get_run, run_id)
+    metrics = {key: float(value) for key, value in run.data.metrics.items()}
+    _finish_run(client, uri, run_id)
+    return TrainResult(version, run_id, out_model, metrics, reused=True)
+
+
+def _finish_run(client: MlflowClient, uri: str, run_id: str) -> None:
+    # A run that Kubeflow opened is Kubeflow's to close.
+    if os.environ.get("MLFLOW_RUN_ID", "") != run_id:
+        _log(uri, f"finish run {run_id}", client.set_terminated, run_id)
+
+
+def _params(
+    train: ImageSet, holdout: ImageSet | None, epochs: int, seed: int, model_name: str
+) -> list[Param]:
+    values = {
+        "role": ROLE,
+        "model_name": model_name,
+        "epochs": epochs,
+        "seed": seed,
+        "train_size": len(train),
+        "holdout_size": len(holdout) if holdout is not None else 0,
+        "image_size": "x".join(str(side) for side in train.image_size),
+        "class_names": json.dumps(list(train.class_names)),
+        "batch_size": RECIPES[ROLE].batch_size,
+        "learning_rate": RECIPES[ROLE].learning_rate,
+    }
+    return [Param(key, str(value)) for key, value in values.items()]
+
+
+def _log(uri: str, action: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call an MlflowClient method; failures become a RegistryError naming the URI and action."""
+    with registry.registry_errors(uri, action):
+        return call(*args, **kwargs)

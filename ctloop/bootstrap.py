@@ -1,0 +1,58 @@
+"""Train the three model roles on clean data: the starting point of every ctloop line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctloop.images import ImageSet
+from ctloop.modelfile import ModelCard, save_model
+from ctloop.models import ROLES, Role
+from ctloop.simulator import digits_split
+from ctloop.training import RECIPES, accuracy, train_model, with_epochs
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Where the models and data sets were written, and each model's golden-set accuracy."""
+
+    model_files: dict[Role, Path]
+    train_set: Path
+    golden_set: Path
+    production_pool: Path
+    golden_accuracy: dict[Role, float]
+
+
+def bootstrap_models(
+    train: ImageSet,
+    golden: ImageSet,
+    models_dir: Path,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> tuple[dict[Role, Path], dict[Role, float]]:
+    """Train champion, B1 and B2 on `train`; write `<role>.pt` into `models_dir`."""
+    files: dict[Role, Path] = {}
+    scores: dict[Role, float] = {}
+    for role in ROLES:
+        recipe = RECIPES[role] if epochs is None else with_epochs(RECIPES[role], epochs)
+        model, _ = train_model(role, train, recipe, progress=progress)
+        card = ModelCard(role, train.class_names, train.image_size, type(model).__name__)
+        files[role] = models_dir / f"{role}.pt"
+        save_model(model, card, files[role])
+        scores[role] = accuracy(model, golden)
+    return files, scores
+
+
+def bootstrap_digits(
+    out_dir: str | Path, seed: int = 0, epochs: int | None = None, progress: bool = True
+) -> BootstrapResult:
+    """Split the bundled digits, write the data sets and train the three models on clean data."""
+    out_dir = Path(out_dir)
+    split = digits_split(seed)
+    data_dir = out_dir / "data"
+    paths = {name: data_dir / f"{name}.npz" for name in ("train", "golden", "production")}
+    split.train.save(paths["train"])
+    split.golden.save(paths["golden"])
+    split.production.save(paths["production"])
+    files, scores = bootstrap_models(split.train, split.golden, out_dir / "models", epochs, progress)
+    return BootstrapResult(files, paths["train"], paths["golden"], paths["production"], scores)

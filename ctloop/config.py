@@ -1,0 +1,92 @@
+"""The pipeline's parameters: one YAML file, checked once, with errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "ctloop.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    yield_threshold: float | None = 0.7
+    recent_window: int = 300
+    yield_drop_tolerance: float = 0.05
+    yield_floor: float = 0.6
+    yield_confidence: float = 0.9
+    merge_previous: bool = True
+    min_samples: int = 50
+    confidence_threshold: float = 0.7
+    val_ratio: float = 0.1
+    consensus_batch_size: int = 256
+    train_epochs: int = 25
+    seed: int = 0
+    min_improvement: float = 0.01
+    max_golden_regression: float = 0.02
+    keep_versions: int = 3
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            _check_type(field.name, getattr(self, field.name), field.type)
+        for name in ("yield_drop_tolerance", "yield_floor", "yield_confidence",
+                     "confidence_threshold", "max_golden_regression"):
+            _check_range(name, getattr(self, name), 0.0, 1.0)
+        if self.yield_threshold is not None:
+            _check_range("yield_threshold", self.yield_threshold, 0.0, 1.0)
+        _check_range("val_ratio", self.val_ratio, 0.0, 0.9)
+        _check_range("min_improvement", self.min_improvement, -1.0, 1.0)
+        for name in ("recent_window", "min_samples", "consensus_batch_size", "train_epochs",
+                     "keep_versions"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def with_overrides(self, **overrides: Any) -> "PipelineConfig":
+        unknown = set(overrides) - {field.name for field in fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **overrides)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG) -> PipelineConfig:
+    """Read and check a config file; unknown keys and bad values are errors naming the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(raw).__name__}")
+    try:
+        return PipelineConfig().with_overrides(**raw)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    allowed = {"float": (int, float), "int": (int,), "bool": (bool,)}
+    base = annotation.replace(" | None", "")
+    if value is None and "None" in annotation:
+        return
+    if isinstance(value, bool) and base != "bool":
+        raise ConfigError(f"{name} must be of type {base}, got {value!r}")
+    if not isinstance(value, allowed[base]):
+        raise ConfigError(f"{name} must be of type {base}, got {value!r}")
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")

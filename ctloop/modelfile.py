@@ -1,0 +1,94 @@
+"""Model files: TorchScript with a JSON card, so TorchServe loads them without ctloop's code.
+
+`torch.jit.load` rebuilds the module from TorchScript code and tensors; it never unpickles
+arbitrary Python objects. The card (role, class names, input size) travels inside the same file
+as a TorchScript extra file, so a model and its labels cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctloop.images import write_atomic
+
+CARD_NAME = "ctloop.json"
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt or not a ctloop model."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    role: str
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    architecture: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        raw = json.loads(text)
+        return cls(
+            role=str(raw["role"]),
+            class_names=tuple(str(name) for name in raw["class_names"]),
+            image_size=(int(raw["image_size"][0]), int(raw["image_size"][1])),
+            architecture=str(raw["architecture"]),
+        )
+
+
+@contextlib.contextmanager
+def _torchscript_allowed() -> Iterator[None]:
+    """TorchScript is deprecated upstream but is still the format TorchServe 0.12 loads without
+    the model's source code (its torch.export path needs AOTInductor), so its warning is noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
+        yield
+
+
+def save_model(model: nn.Module, card: ModelCard, path: str | Path) -> None:
+    """Script `model` and write it with its card, atomically."""
+    model.eval()
+    buffer = io.BytesIO()
+    with _torchscript_allowed():
+        scripted = torch.jit.script(model)
+        torch.jit.save(scripted, buffer, _extra_files={CARD_NAME: card.to_json()})
+    write_atomic(path, buffer.getvalue())
+
+
+def load_model(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelCard]:
+    """Load a model file written by save_model; ModelFileError names the file if it is not one."""
+    extra = {CARD_NAME: ""}
+    try:
+        with _torchscript_allowed():
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise ModelFileError(f"{path}: not a loadable TorchScript model ({error})") from error
+    if not extra[CARD_NAME]:
+        raise ModelFileError(f"{path}: has no {CARD_NAME} card; was it written by ctloop?")
+    module.eval()
+    return module, ModelCard.from_json(extra[CARD_NAME])
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities (N, classes) for float32 images (N, H, W) in [0, 1]."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        chunks.append(torch.softmax(model(batch.unsqueeze(1)), dim=1).numpy())
+    if not chunks:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(chunks)

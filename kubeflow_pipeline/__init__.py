@@ -1,0 +1,1 @@
+"""The ctloop pipeline: its wiring, compilation, local runs and submission to Kubeflow."""

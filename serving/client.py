@@ -1,0 +1,183 @@
+"""A small client for TorchServe's management and inference APIs, with token authorization.
+
+`keys` is the dict `LocalTorchServe.keys()` returns (read from TorchServe's key_file.json):
+the management key goes with management calls, the inference key with predictions, each as
+`Authorization: Bearer <key>`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from ctloop.images import encode_batch
+
+CANARY_HEADER = "X-Ctloop-Canary"
+VERSION_HEADER = "X-Ctloop-Model-Version"
+
+
+class TorchServeError(RuntimeError):
+    """TorchServe answered with an error (status >= 400) or could not be reached (status 0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"TorchServe {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One champion answer: per image label, class name and confidence, and the version that answered."""
+
+    labels: list[int]
+    class_names: list[str]
+    confidences: list[float]
+    model_version: str | None
+
+
+class TorchServeClient:
+    """Calls one TorchServe.
+
+    Args:
+        inference_url: e.g. http://127.0.0.1:8080
+        management_url: e.g. http://127.0.0.1:8081
+        keys: {"management": ..., "inference": ...} from key_file.json.
+        timeout: seconds per HTTP call (registration waits for workers, so it gets 10x).
+    """
+
+    def __init__(self, inference_url: str, management_url: str, keys: dict[str, str], timeout: float = 30.0) -> None:
+        self.inference_url = inference_url.rstrip("/")
+        self.management_url = management_url.rstrip("/")
+        self.keys = keys
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def _call(self, method: str, url: str, key: str, timeout: float | None = None, **kwargs: object) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.keys[key]}", **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+        try:
+            answer = self.session.request(method, url, headers=headers, timeout=timeout or self.timeout, **kwargs)
+        except requests.RequestException as error:
+            raise TorchServeError(0, f"{method} {url} failed: {error}") from error
+        if answer.status_code >= 400:
+            raise TorchServeError(answer.status_code, _error_message(answer))
+        return answer
+
+    def _manage(self, method: str, path: str, timeout: float | None = None, **params: object) -> object:
+        return self._call(method, f"{self.management_url}{path}", "management", timeout, params=params).json()
+
+    def register(self, archive_name: str, model_name: str, initial_workers: int = 1) -> None:
+        """Register an archive already in the model store and wait until its workers are up."""
+        self._manage("POST", "/models", timeout=self.timeout * 10, url=archive_name, model_name=model_name,
+                     initial_workers=initial_workers, synchronous="true")
+
+    def scale(self, model_name: str, version: str, workers: int) -> None:
+        """Set a version's worker count and wait for it."""
+        self._manage("PUT", f"/models/{model_name}/{version}", timeout=self.timeout * 10,
+                     min_worker=workers, max_worker=workers, synchronous="true")
+
+    def set_default(self, model_name: str, version: str) -> None:
+        self._manage("PUT", f"/models/{model_name}/{version}/set-default")
+
+    def describe(self, model_name: str) -> list[dict]:
+        """TorchServe's description of every registered version of `model_name`."""
+        return list(self._manage("GET", f"/models/{model_name}/all"))  # type: ignore[arg-type]
+
+    def versions(self, model_name: str) -> list[str]:
+        """Registered versions, oldest first (numeric order)."""
+        return sorted((str(entry["modelVersion"]) for entry in self.describe(model_name)), key=_version_key)
+
+    def default_version(self, model_name: str) -> str:
+        return str(self._manage("GET", f"/models/{model_name}")[0]["modelVersion"])  # type: ignore[index]
+
+    def ready_workers(self, model_name: str, version: str) -> int:
+        description = self._manage("GET", f"/models/{model_name}/{version}")[0]  # type: ignore[index]
+        return sum(1 for worker in description["workers"] if worker["status"] == "READY")
+
+    def unregister(self, model_name: str, version: str) -> None:
+        self._manage("DELETE", f"/models/{model_name}/{version}", timeout=self.timeout * 2)
+
+    def keep_newest(self, model_name: str, count: int) -> list[str]:
+        """Unregister all but the newest `count` versions, never the default; returns those removed."""
+        default = self.default_version(model_name)
+        versions = self.versions(model_name)
+        doomed = [version for version in versions[: max(len(versions) - count, 0)] if version != default]
+        for version in doomed:
+            self.unregister(model_name, version)
+        return doomed
+
+    def predict(self, model_name: str, images: bytes | np.ndarray, version: str | None = None,
+                canary: bool = False) -> Prediction:
+        """Champion prediction for PNG/JPEG bytes or float32 images (H, W) / (N, H, W) in [0, 1]."""
+        body = images if isinstance(images, bytes) else encode_batch(images)
+        answer = self._call("POST", self._prediction_url(model_name, version), "inference", data=body,
+                            headers={CANARY_HEADER: "1"} if canary else {})
+        entries = answer.json()
+        return Prediction(
+            labels=[int(entry["label"]) for entry in entries],
+            class_names=[str(entry["class_name"]) for entry in entries],
+            confidences=[float(entry["confidence"]) for entry in entries],
+            model_version=answer.headers.get(VERSION_HEADER),
+        )
+
+    def predict_batch(self, model_name: str, images: np.ndarray, version: str | None = None) -> dict:
+        """Branch or eval answer for a float32 (N, H, W) batch, sent as .npy."""
+        answer = self._call("POST", self._prediction_url(model_name, version), "inference",
+                            data=encode_batch(images), headers={"Content-Type": "application/x-npy"})
+        return answer.json()
+
+    def _prediction_url(self, model_name: str, version: str | None) -> str:
+        suffix = f"/{version}" if version else ""
+        return f"{self.inference_url}/predictions/{model_name}{suffix}"
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), version) if version.isdigit() else (-1, version)
+
+
+def _error_message(answer: requests.Response) -> str:
+    """TorchServe errors are JSON with "message"; ctloop handlers answer {"error": ...}."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return answer.text.strip() or answer.reason
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or body)
+    return str(body)
+
+
+def client_from_env(inference_url: str, management_url: str) -> TorchServeClient:
+    """A client whose keys come from the environment, as the pipeline stages receive them.
+
+    `CTLOOP_TS_KEY_FILE` names a TorchServe key_file.json (local runs); otherwise
+    `CTLOOP_TS_MANAGEMENT_KEY` and `CTLOOP_TS_INFERENCE_KEY` hold the keys (a Kubernetes Secret).
+    """
+    key_file = os.environ.get("CTLOOP_TS_KEY_FILE")
+    if key_file:
+        keys = read_key_file(key_file)
+    else:
+        keys = {
+            "management": os.environ.get("CTLOOP_TS_MANAGEMENT_KEY", ""),
+            "inference": os.environ.get("CTLOOP_TS_INFERENCE_KEY", ""),
+        }
+        missing = [name for name, value in keys.items() if not value]
+        if missing:
+            raise TorchServeError(0, "no TorchServe keys: set CTLOOP_TS_KEY_FILE or CTLOOP_TS_MANAGEMENT_KEY "
+                                     "and CTLOOP_TS_INFERENCE_KEY")
+    return TorchServeClient(inference_url, management_url, keys)
+
+
+def read_key_file(path: str | Path) -> dict[str, str]:
+    """The management and inference keys from TorchServe's key_file.json."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        return {"management": raw["management"]["key"], "inference": raw["inference"]["key"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise TorchServeError(0, f"{path}: not a readable TorchServe key file ({error})") from error

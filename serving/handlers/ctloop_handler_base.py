@@ -1,0 +1,239 @@
+"""Shared code of the ctloop TorchServe handlers, shipped in every .mar via --extra-files.
+
+Runs inside TorchServe's worker processes, so it must not import ctloop: an archive has to work
+in the official TorchServe image with nothing but torch, numpy and pillow. The conventions it
+mirrors (grey float32 (N, H, W) in [0, 1], .npy wire format, the `ctloop.json` card inside the
+TorchScript file, the prediction-log layout of serving/store.py) are checked against ctloop's own
+code by tests/serving.
+
+A request that is wrong gets its own 400 with `{"error": ...}`; the other requests of the same
+TorchServe batch are answered normally and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+CARD_NAME = "ctloop.json"
+NPY_MAGIC = b"\x93NUMPY"
+DEFAULT_MAX_IMAGES = 256
+
+
+class RequestError(ValueError):
+    """The client sent something unusable; the message says what and what was expected."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request's result: class probabilities (N, classes) or the reason it was refused."""
+
+    probabilities: np.ndarray | None = None
+    images: np.ndarray | None = None
+    error: str | None = None
+
+
+def check_batch(images: np.ndarray, size: tuple[int, int], max_images: int) -> np.ndarray:
+    """Return `images` as float32 (N, H, W) or raise RequestError naming the problem."""
+    height, width = size
+    if images.ndim == 4:
+        raise RequestError(
+            f"expected grey images of shape (N, {height}, {width}), got shape {images.shape}: "
+            "an extra channel axis; convert to one grey channel"
+        )
+    if images.ndim != 3:
+        raise RequestError(f"expected grey images of shape (N, {height}, {width}), got shape {images.shape}")
+    if len(images) == 0:
+        raise RequestError("empty batch: send at least one image")
+    if len(images) > max_images:
+        raise RequestError(f"too many images: {len(images)} in one request, at most {max_images}")
+    if images.shape[1:] != size:
+        raise RequestError(
+            f"wrong image size {images.shape[1]}x{images.shape[2]}: this model takes {height}x{width} "
+            "(PNG/JPEG are resized, arrays are not)"
+        )
+    if not np.issubdtype(images.dtype, np.number) or np.iscomplexobj(images):
+        raise RequestError(f"expected float pixel values, got dtype {images.dtype}")
+    images = images.astype(np.float32, copy=False)
+    if not np.isfinite(images).all():
+        raise RequestError("images contain NaN or infinite values")
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise RequestError(f"pixel values must be in [0, 1], got [{low:.3g}, {high:.3g}]")
+    return np.ascontiguousarray(images)
+
+
+def decode_npy(payload: bytes) -> np.ndarray:
+    """The .npy wire format of ctloop.images.encode_batch; never unpickles."""
+    try:
+        return np.load(io.BytesIO(payload), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise RequestError(f"unreadable .npy batch ({error}); send ctloop.images.encode_batch bytes") from error
+
+
+def request_body(request: dict) -> object:
+    """The payload of one request: the raw body, or the single multipart field."""
+    for key in ("body", "data"):
+        if key in request:
+            return request[key]
+    if len(request) != 1:
+        raise RequestError(f"expected one body or one form field, got fields {sorted(request)}")
+    return next(iter(request.values()))
+
+
+def write_whole(fd: int, data: bytes) -> None:
+    """One os.write on an O_APPEND fd: readers see the whole record or none of it. A short write
+    (disk full) is an error, not something to continue after."""
+    written = os.write(fd, data)
+    if written != len(data):
+        raise OSError(f"short write to the prediction store: {written} of {len(data)} bytes")
+
+
+def error_body(message: str) -> str:
+    return json.dumps({"error": message})
+
+
+class CtloopHandler(BaseHandler):
+    """preprocess -> inference -> postprocess over a TorchServe batch of requests.
+
+    preprocess turns each request into a checked float32 (N, H, W) array (or a RequestError),
+    inference runs the model once over all accepted images, and subclasses override
+    `decode` (what a body may be) and `respond` (the JSON answer of one request).
+    """
+
+    def initialize(self, context) -> None:
+        """Settings come from the archive's model-config yaml; threads are set before loading,
+        because one intra-op thread per worker is ~10x the throughput of the default on small
+        models."""
+        config = context.model_yaml_config or {}
+        torch.set_num_threads(int(config.get("torch_threads", 1)))
+        self.max_images = int(config.get("max_images_per_request", DEFAULT_MAX_IMAGES))
+        self.card: dict = {}
+        super().initialize(context)
+        self.image_size = (int(self.card["image_size"][0]), int(self.card["image_size"][1]))
+        self.class_names = [str(name) for name in self.card["class_names"]]
+        self.model_name = str(context.manifest["model"]["modelName"])
+        self.model_version = str(context.manifest["model"]["modelVersion"])
+
+    def _load_torchscript_model(self, model_pt_path: str) -> torch.jit.ScriptModule:
+        """Load the model and its card; a file without a card is not a ctloop model."""
+        extra = {CARD_NAME: ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.jit.load(model_pt_path, map_location=self.device, _extra_files=extra)
+        if not extra[CARD_NAME]:
+            raise RuntimeError(f"{model_pt_path}: no {CARD_NAME} card; not a ctloop model file")
+        self.card = json.loads(extra[CARD_NAME])
+        return model
+
+    def preprocess(self, data: list[dict]) -> list[Outcome]:
+        outcomes = []
+        for request in data:
+            try:
+                images = check_batch(self.decode(request_body(request)), self.image_size, self.max_images)
+                outcomes.append(Outcome(images=images))
+            except RequestError as error:
+                outcomes.append(Outcome(error=str(error)))
+        return outcomes
+
+    def decode(self, body: object) -> np.ndarray:
+        """Branch and eval models take only the compact .npy batch."""
+        if isinstance(body, (bytes, bytearray)) and bytes(body[:6]) == NPY_MAGIC:
+            images = decode_npy(bytes(body))
+            return images[None] if images.ndim == 2 else images
+        raise RequestError("expected a .npy batch (ctloop.images.encode_batch), content-type application/x-npy")
+
+    def inference(self, outcomes: list[Outcome]) -> list[Outcome]:
+        accepted = [outcome.images for outcome in outcomes if outcome.error is None]
+        if not accepted:
+            return outcomes
+        batch = torch.from_numpy(np.concatenate(accepted)).unsqueeze(1).to(self.device)
+        with torch.inference_mode():
+            probabilities = torch.softmax(self.model(batch), dim=1).cpu().numpy()
+        results, start = [], 0
+        for outcome in outcomes:
+            if outcome.error is None:
+                stop = start + len(outcome.images)
+                outcome = Outcome(probabilities=probabilities[start:stop], images=outcome.images)
+                start = stop
+            results.append(outcome)
+        return results
+
+    def postprocess(self, outcomes: list[Outcome]) -> list[str]:
+        answers = []
+        for idx, outcome in enumerate(outcomes):
+            self.context.set_response_content_type(idx, "application/json")
+            if outcome.error is not None:
+                self.context.set_response_status(400, outcome.error, idx)
+                answers.append(error_body(outcome.error))
+            else:
+                answers.append(json.dumps(self.respond(idx, outcome)))
+        return answers
+
+    def respond(self, idx: int, outcome: Outcome) -> object:
+        raise NotImplementedError
+
+    def request_header(self, idx: int, name: str) -> str | None:
+        """Header lookup that does not depend on the client's capitalisation."""
+        for key, value in self.context.get_all_request_header(idx).items():
+            if isinstance(value, str) and key.lower() == name.lower():
+                return value
+        return None
+
+
+class PredictionLog:
+    """Append-only prediction log and per-worker sample shard under a store directory.
+
+    Layout (read by serving/store.py): `<store>/predictions.jsonl`, one JSON object per line,
+    shared by all workers; `<store>/samples/<shard>.<H>x<W>.f32`, raw float32 records of H*W
+    values, one file per worker process. Each append is a single os.write on an O_APPEND fd, so
+    concurrent workers never interleave partial lines, and a sample is written before the line
+    that references it.
+    """
+
+    def __init__(self, store_dir: str, model_name: str, model_version: str, size: tuple[int, int]) -> None:
+        self.store_dir = store_dir
+        self.model_name, self.model_version = model_name, model_version
+        shard = f"{model_name}-v{model_version}-{os.getpid()}-{time.time_ns()}.{size[0]}x{size[1]}.f32"
+        self.shard_ref = f"samples/{shard}"
+        self.sample_fd: int | None = None
+        self.log_fd: int | None = None
+        self.count = 0
+
+    def _open(self) -> None:
+        """Opened at the first prediction, so workers that never answer leave no empty shard."""
+        os.makedirs(os.path.join(self.store_dir, "samples"), exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        self.sample_fd = os.open(os.path.join(self.store_dir, self.shard_ref), flags | os.O_EXCL, 0o644)
+        self.log_fd = os.open(os.path.join(self.store_dir, "predictions.jsonl"), flags, 0o644)
+
+    def append(self, request_id: str, images: np.ndarray, labels: list[int], names: list[str],
+               confidences: list[float]) -> None:
+        if self.sample_fd is None:
+            self._open()
+        write_whole(self.sample_fd, np.ascontiguousarray(images, dtype=np.float32).tobytes())
+        now = time.time()
+        lines = []
+        for item, (label, name, confidence) in enumerate(zip(labels, names, confidences)):
+            record = {
+                "request_id": request_id,
+                "time": now,
+                "model_name": self.model_name,
+                "model_version": self.model_version,
+                "item": item,
+                "label": label,
+                "class_name": name,
+                "confidence": confidence,
+                "sample": f"{self.shard_ref}#{self.count + item}",
+            }
+            lines.append(json.dumps(record) + "\n")
+        self.count += len(labels)
+        write_whole(self.log_fd, "".join(lines).encode("utf-8"))

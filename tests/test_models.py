@@ -1,0 +1,103 @@
+"""Model behaviour: architectures, the safe model file, and training that actually learns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctloop.drift import apply_drift
+from ctloop.images import ImageSet
+from ctloop.modelfile import ModelCard, ModelFileError, load_model, predict_proba, save_model
+from ctloop.models import ROLES, build_model
+from ctloop.simulator import digits_split
+from ctloop.training import RECIPES, accuracy, train_model, with_epochs
+
+
+@pytest.fixture(scope="module")
+def split():
+    return digits_split(seed=0)
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("size", [(8, 8), (28, 20)])
+def test_every_role_maps_any_input_size_to_class_logits(role: str, size: tuple[int, int]) -> None:
+    model = build_model(role, num_classes=4).eval()
+    logits = model(torch.rand(3, 1, *size))
+    assert logits.shape == (3, 4)
+
+
+def test_build_model_rejects_unknown_role_and_single_class() -> None:
+    with pytest.raises(ValueError, match="unknown model role 'b3'"):
+        build_model("b3", 10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 2 classes, got 1"):
+        build_model("champion", 1)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_model_file_round_trip_gives_identical_predictions(role: str, tmp_path: Path) -> None:
+    model = build_model(role, 10).eval()
+    card = ModelCard(role, tuple("abcdefghij"), (8, 8), type(model).__name__)
+    path = tmp_path / f"{role}.pt"
+    save_model(model, card, path)
+    loaded, loaded_card = load_model(path)
+    images = np.random.default_rng(0).random((16, 8, 8), dtype=np.float32)
+    assert loaded_card == card
+    np.testing.assert_allclose(predict_proba(loaded, images), predict_proba(model, images), atol=1e-6)
+
+
+def test_load_model_names_the_file_when_it_is_not_a_model(tmp_path: Path) -> None:
+    bogus = tmp_path / "champion.pt"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match=f"{bogus}: not a loadable TorchScript model"):
+        load_model(bogus)
+
+
+def test_load_model_rejects_torchscript_without_a_card(tmp_path: Path) -> None:
+    from ctloop.modelfile import _torchscript_allowed
+
+    path = tmp_path / "plain.pt"
+    with _torchscript_allowed():
+        torch.jit.save(torch.jit.script(build_model("champion", 10)), str(path))
+    with pytest.raises(ModelFileError, match="has no ctloop.json card"):
+        load_model(path)
+
+
+def test_champion_learns_digits(split) -> None:
+    model, history = train_model("champion", split.train, with_epochs(RECIPES["champion"], 8),
+                                 val=split.golden, progress=False)
+    assert len(history) == 8
+    assert history[-1].loss < history[0].loss
+    assert accuracy(model, split.golden) > 0.9
+
+
+def test_training_is_reproducible_for_a_seed(split) -> None:
+    small = split.train.subset(np.arange(200))
+    recipe = with_epochs(RECIPES["b1"], 2)
+    first, _ = train_model("b1", small, recipe, progress=False)
+    second, _ = train_model("b1", small, recipe, progress=False)
+    images = split.golden.images[:32]
+    np.testing.assert_allclose(predict_proba(first, images), predict_proba(second, images), atol=1e-5)
+
+
+def test_branch_models_are_more_robust_to_drift_than_the_champion(split) -> None:
+    """B1/B2 exist to give trustworthy labels on drifted data; the plain champion does not."""
+    drifted = ImageSet(
+        apply_drift(split.golden.images, "blur", 1.0, np.random.default_rng(1)),
+        split.golden.labels,
+        split.golden.class_names,
+    )
+    scores = {}
+    for role in ROLES:
+        model, _ = train_model(role, split.train, progress=False)
+        scores[role] = accuracy(model, drifted)
+    assert scores["b1"] > scores["champion"] + 0.1
+    assert scores["b2"] > scores["champion"] + 0.1
+
+
+def test_train_model_refuses_an_empty_set() -> None:
+    empty = ImageSet(np.zeros((0, 8, 8), np.float32), np.zeros(0, np.int64), ("0", "1"))
+    with pytest.raises(ValueError, match="empty image set"):
+        train_model("champion", empty, progress=False)
