@@ -28,7 +28,8 @@ class PipelineConfig:
     confidence_threshold: float = 0.7
     val_ratio: float = 0.1
     consensus_batch_size: int = 256
-    train_epochs: int = 25
+    new_sample_repeat: int = 3
+    train_epochs: int = 40
     seed: int = 0
     min_improvement: float = 0.01
     max_golden_regression: float = 0.02
@@ -44,7 +45,7 @@ class PipelineConfig:
             _check_range("yield_threshold", self.yield_threshold, 0.0, 1.0)
         _check_range("val_ratio", self.val_ratio, 0.0, 0.9)
         _check_range("min_improvement", self.min_improvement, -1.0, 1.0)
-        for name in ("recent_window", "min_samples", "consensus_batch_size", "train_epochs",
+        for name in ("recent_window", "min_samples", "consensus_batch_size", "new_sample_repeat", "train_epochs",
                      "keep_versions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -72,6 +72,7 @@ def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSetting
         confidence_threshold: float = config.confidence_threshold,
         val_ratio: float = config.val_ratio,
         consensus_batch_size: int = config.consensus_batch_size,
+        new_sample_repeat: int = config.new_sample_repeat,
         train_epochs: int = config.train_epochs,
         seed: int = config.seed,
         min_improvement: float = config.min_improvement,
@@ -114,7 +115,8 @@ def _retrain(ops: dict, monitor: dsl.PipelineTask, p: dict) -> None:
     consensus = ops[consensus_op](
         collected=collect.outputs["collected"], ts_inference_url=p["ts_inference_url"],
         ts_management_url=p["ts_management_url"], confidence_threshold=p["confidence_threshold"],
-        val_ratio=p["val_ratio"], batch_size=p["consensus_batch_size"], seed=p["seed"], run_name=run_name,
+        val_ratio=p["val_ratio"], batch_size=p["consensus_batch_size"], new_repeat=p["new_sample_repeat"],
+        seed=p["seed"], run_name=run_name,
     ).set_display_name("consensus-filter").after(validate)
     train = ops[train_op](
         train_set=consensus.outputs["train_set"], holdout_set=consensus.outputs["holdout_set"],

@@ -19,6 +19,7 @@ from ctloop.images import encode_batch
 
 CANARY_HEADER = "X-Ctloop-Canary"
 VERSION_HEADER = "X-Ctloop-Model-Version"
+REQUEST_ID_HEADER = "X-Ctloop-Request-ID"
 
 
 class TorchServeError(RuntimeError):
@@ -38,6 +39,7 @@ class Prediction:
     class_names: list[str]
     confidences: list[float]
     model_version: str | None
+    request_id: str | None = None
 
 
 class TorchServeClient:
@@ -111,17 +113,24 @@ class TorchServeClient:
         return doomed
 
     def predict(self, model_name: str, images: bytes | np.ndarray, version: str | None = None,
-                canary: bool = False) -> Prediction:
-        """Champion prediction for PNG/JPEG bytes or float32 images (H, W) / (N, H, W) in [0, 1]."""
+                canary: bool = False, request_id: str | None = None) -> Prediction:
+        """Champion prediction for PNG/JPEG bytes or float32 images (H, W) / (N, H, W) in [0, 1].
+
+        `request_id`, if given, names the request in the prediction log (for feedback).
+        """
         body = images if isinstance(images, bytes) else encode_batch(images)
+        headers = {CANARY_HEADER: "1"} if canary else {}
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
         answer = self._call("POST", self._prediction_url(model_name, version), "inference", data=body,
-                            headers={CANARY_HEADER: "1"} if canary else {})
+                            headers=headers)
         entries = answer.json()
         return Prediction(
             labels=[int(entry["label"]) for entry in entries],
             class_names=[str(entry["class_name"]) for entry in entries],
             confidences=[float(entry["confidence"]) for entry in entries],
             model_version=answer.headers.get(VERSION_HEADER),
+            request_id=answer.headers.get(REQUEST_ID_HEADER),
         )
 
     def predict_batch(self, model_name: str, images: np.ndarray, version: str | None = None) -> dict:

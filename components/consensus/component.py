@@ -12,6 +12,7 @@ def consensus_op(
     confidence_threshold: float,
     val_ratio: float,
     batch_size: int,
+    new_repeat: int,
     seed: int,
     run_name: str,
     train_set: Output[Dataset],
@@ -28,6 +29,7 @@ def consensus_op(
         confidence_threshold: each branch must be at least this confident.
         val_ratio: share of pseudo-labelled samples held out, per class.
         batch_size: images per request to a branch model.
+        new_repeat: how often each pseudo-labelled training row is repeated.
         seed: seed of the split.
         run_name: the pipeline run, for alerts.
         train_set: pseudo-labelled training rows plus previous rows (ImageSet .npz).
@@ -45,7 +47,7 @@ def consensus_op(
     with alert_on_failure("consensus-filter", run_name):
         client = client_from_env(ts_inference_url, ts_management_url)
         result = consensus_filter(Path(collected.path), client, confidence_threshold, val_ratio, batch_size, seed,
-                                  Path(train_set.path), Path(holdout_set.path), Path(report.path))
+                                  Path(train_set.path), Path(holdout_set.path), Path(report.path), new_repeat)
     for name in ("kept", "kept_share", "train_size", "holdout_size"):
         metrics.log_metric(name, float(getattr(result, name)))
     if result.pseudo_label_precision is not None:

@@ -112,9 +112,16 @@ def consensus_filter(
     train_out: Path,
     holdout_out: Path,
     report_out: Path,
+    new_repeat: int = 1,
     branches: tuple[str, str] = ("b1", "b2"),
 ) -> ConsensusReport:
-    """Pseudo-label the collected window with B1 and B2; write train and holdout ImageSets."""
+    """Pseudo-label the collected window with B1 and B2; write train and holdout ImageSets.
+
+    `new_repeat` repeats each pseudo-labelled training row, so that a window of a few hundred
+    drifted parts is not drowned by a previous training set several times its size.
+    """
+    if new_repeat < 1:
+        raise ValueError(f"new_repeat must be at least 1, got {new_repeat}")
     collected = CollectedSet.load(collected_path)
     new = np.flatnonzero(collected.is_new)
     images = collected.images[new]
@@ -125,9 +132,10 @@ def consensus_filter(
     pseudo = ImageSet(images[keep], first.labels[keep], collected.class_names)
     train_index, holdout_index = stratified_split(pseudo.labels, val_ratio, seed)
     previous = ~collected.is_new
+    repeated = np.repeat(train_index, new_repeat)
     train = ImageSet(
-        np.concatenate([pseudo.images[train_index], collected.images[previous]]),
-        np.concatenate([pseudo.labels[train_index], collected.labels[previous]]),
+        np.concatenate([pseudo.images[repeated], collected.images[previous]]),
+        np.concatenate([pseudo.labels[repeated], collected.labels[previous]]),
         collected.class_names,
     )
     holdout = pseudo.subset(holdout_index)
@@ -176,7 +184,8 @@ def _markdown(report: ConsensusReport, threshold: float, branches: tuple[str, st
         f"{report.kept} of {report.window} window samples kept ({report.kept_share:.1%}): "
         f"{branches[0]} and {branches[1]} agreed, each with confidence >= {threshold}.",
         f"Disagreed: {report.disagreed}. Agreed but not confident: {report.unconfident}.",
-        f"Training rows: {report.train_size} (incl. {report.previous_size} previous); "
+        f"Training rows: {report.train_size} (incl. {report.previous_size} previous, pseudo-labelled "
+        f"rows repeated as configured); "
         f"holdout: {report.holdout_size}.",
     ]
     if report.pseudo_label_precision is not None:

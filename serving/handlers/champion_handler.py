@@ -3,6 +3,10 @@
 `curl -T part.png http://127.0.0.1:8080/predictions/champion -H "Authorization: Bearer <key>"`
 answers `[{"label": 3, "class_name": "3", "confidence": 0.97}]`, one entry per image.
 Requests with header `X-Ctloop-Canary: 1` (deploy smoke tests) are answered but not logged.
+A client may name the request with `X-Ctloop-Request-ID` (a part's serial number, say) so that
+ground-truth feedback can refer to it later; otherwise TorchServe's request id is used. Either
+way the answer carries the id used in its `X-Ctloop-Request-ID` header (TorchServe sets
+`X-Request-ID` itself, always to its own id).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from ctloop_handler_base import NPY_MAGIC, CtloopHandler, Outcome, PredictionLog
 
 IMAGE_MAGICS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 CANARY_HEADER = "X-Ctloop-Canary"
+REQUEST_ID_HEADER = "X-Ctloop-Request-ID"
 
 
 class ChampionHandler(CtloopHandler):
@@ -54,9 +59,11 @@ class ChampionHandler(CtloopHandler):
         labels = [int(label) for label in outcome.probabilities.argmax(axis=1)]
         names = [self.class_names[label] for label in labels]
         confidences = [float(row[label]) for row, label in zip(outcome.probabilities, labels)]
+        request_id = self.request_header(idx, REQUEST_ID_HEADER) or self.context.get_request_id(idx)
         self.context.set_response_header(idx, "X-Ctloop-Model-Version", self.model_version)
+        self.context.set_response_header(idx, REQUEST_ID_HEADER, request_id)
         if self.log is not None and self.request_header(idx, CANARY_HEADER) != "1":
-            self.log.append(self.context.get_request_id(idx), outcome.images, labels, names, confidences)
+            self.log.append(request_id, outcome.images, labels, names, confidences)
         return [
             {"label": label, "class_name": name, "confidence": confidence}
             for label, name, confidence in zip(labels, names, confidences)

@@ -112,3 +112,20 @@ def test_bad_batch_input_gets_400(serving) -> None:
 def test_wrong_key_is_refused(serving) -> None:
     answer = post(serving, b"{}", headers={"Authorization": "Bearer wrong"})
     assert answer.status_code == 400 and "Token Authorization failed" in answer.text
+
+
+def test_a_client_request_id_names_the_logged_prediction(serving, random_images) -> None:
+    from serving import store
+
+    answer = serving.client.predict("champion", random_images(2, 31), request_id="part-4711")
+    assert answer.request_id == "part-4711"
+    records = store.read_prediction_log(serving.server.store_dir / store.LOG_NAME)
+    assert [(record["request_id"], record["item"]) for record in records[-2:]] == [("part-4711", 0), ("part-4711", 1)]
+
+
+def test_without_a_client_id_the_answer_names_torchserves_id(serving, random_images) -> None:
+    from serving import store
+
+    answer = serving.client.predict("champion", random_images(1, 32))
+    records = store.read_prediction_log(serving.server.store_dir / store.LOG_NAME)
+    assert answer.request_id and records[-1]["request_id"] == answer.request_id
