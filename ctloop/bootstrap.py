@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctloop.images import ImageSet
+from ctloop.imagefolder import read_image_folder
+from ctloop.images import ImageSet, stratified_split
 from ctloop.modelfile import ModelCard, save_model
 from ctloop.models import ROLES, Role
 from ctloop.simulator import digits_split
@@ -19,7 +20,7 @@ class BootstrapResult:
     model_files: dict[Role, Path]
     train_set: Path
     golden_set: Path
-    production_pool: Path
+    production_pool: Path | None
     golden_accuracy: dict[Role, float]
 
 
@@ -56,3 +57,24 @@ def bootstrap_digits(
     split.production.save(paths["production"])
     files, scores = bootstrap_models(split.train, split.golden, out_dir / "models", epochs, progress)
     return BootstrapResult(files, paths["train"], paths["golden"], paths["production"], scores)
+
+
+def bootstrap_folder(
+    folder: str | Path,
+    image_size: tuple[int, int],
+    out_dir: str | Path,
+    seed: int = 0,
+    epochs: int | None = None,
+    golden_share: float = 0.2,
+    progress: bool = True,
+) -> BootstrapResult:
+    """Bootstrap from a user's labelled ImageFolder: a stratified golden share is held out."""
+    out_dir = Path(out_dir)
+    images = read_image_folder(folder, image_size)
+    train_index, golden_index = stratified_split(images.labels, golden_share, seed)
+    train, golden = images.subset(train_index), images.subset(golden_index)
+    paths = {name: out_dir / "data" / f"{name}.npz" for name in ("train", "golden")}
+    train.save(paths["train"])
+    golden.save(paths["golden"])
+    files, scores = bootstrap_models(train, golden, out_dir / "models", epochs, progress)
+    return BootstrapResult(files, paths["train"], paths["golden"], None, scores)

@@ -72,6 +72,30 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--registry", help="image registry (default CTLOOP_IMAGE_REGISTRY or ghcr.io/ctloop)")
     compile_.add_argument("--tag", help="image tag (default CTLOOP_IMAGE_TAG or the package version)")
     compile_.set_defaults(command=_compile)
+
+    submit = commands.add_parser("submit", help="compile for the cluster, upload to Kubeflow Pipelines, run, schedule")
+    submit.add_argument("--host", help="KFP API endpoint (default KFP_HOST); the bearer token comes from KFP_TOKEN")
+    submit.add_argument("--commit", required=True, help="pipeline version name, and the image tag unless --tag")
+    submit.add_argument("--registry", help="image registry (default CTLOOP_IMAGE_REGISTRY or ghcr.io/ctloop)")
+    submit.add_argument("--tag", help="image tag (default: the commit)")
+    submit.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    submit.add_argument("--package", type=Path, default=Path("ctloop_pipeline_cluster.yaml"),
+                        help="where the compiled pipeline is written")
+    submit.add_argument("--params-file", type=Path, help="run parameters (default k8s/pipeline-params.yaml)")
+    submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
+    submit.add_argument("--schedule", help="six-field cron of the yield check (default hourly)")
+    submit.add_argument("--experiment", help="KFP experiment (default ctloop)")
+    submit.add_argument("--namespace", help="KFP namespace (multi-user installs)")
+    submit.add_argument("--ui-url", help="base of the run link (default the host)")
+    submit.add_argument("--output-json", type=Path, help="also write the submission (ids, run link) here")
+    submit.set_defaults(command=_submit)
+
+    images = commands.add_parser("images", help="build (and push) every stage image and the serving image")
+    images.add_argument("--registry", help="image registry (default CTLOOP_IMAGE_REGISTRY or ghcr.io/ctloop)")
+    images.add_argument("--tag", help="image tag (default CTLOOP_IMAGE_TAG or the package version)")
+    images.add_argument("--push", action="store_true")
+    images.add_argument("--only", nargs="+", default=[], metavar="NAME", help="some stages and/or serving")
+    images.set_defaults(command=_images)
     return parser
 
 
@@ -139,6 +163,58 @@ def _compile(args: argparse.Namespace) -> int:
     images = ImageSettings(args.registry or defaults.registry, args.tag or defaults.tag)
     path = compile_pipeline(args.out, load_config(args.config), images)
     print(f"compiled {path} (images {images.image('monitor')}, ...)")
+    return 0
+
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    from kubeflow_pipeline import submit as kfp_submit
+    from kubeflow_pipeline.images import ImageSettings
+
+    host = args.host or os.environ.get("KFP_HOST", "")
+    if not host:
+        print("ctloop submit: no KFP host; pass --host or set KFP_HOST", file=sys.stderr)
+        return 2
+    images = ImageSettings(args.registry or ImageSettings.from_env().registry, args.tag or args.commit)
+    try:
+        params = kfp_submit.load_params(args.params_file or kfp_submit.DEFAULT_PARAMS_FILE, args.param)
+        package = kfp_submit.compile_for_cluster(args.package, images, load_config(args.config))
+        client = kfp_submit.connect(host, os.environ.get("KFP_TOKEN"), args.namespace)
+        done = kfp_submit.submit(
+            client, package, args.commit, params, ui_url=args.ui_url or host, namespace=args.namespace,
+            schedule=args.schedule or kfp_submit.DEFAULT_SCHEDULE,
+            experiment=args.experiment or kfp_submit.DEFAULT_EXPERIMENT)
+    except kfp_submit.SubmitError as error:
+        print(f"ctloop submit: {error}", file=sys.stderr)
+        return 2
+    except (ApiException, HTTPError) as error:
+        print(f"ctloop submit: Kubeflow Pipelines at {host} failed: {str(error).strip()}", file=sys.stderr)
+        return 1
+    print(f"pipeline version {args.commit} ({done.pipeline_version_id}) of {package}")
+    print(f"run: {done.run_url}")
+    print(f"recurring yield check {done.recurring_run_id} ({args.schedule or kfp_submit.DEFAULT_SCHEDULE})")
+    if args.output_json:
+        args.output_json.write_text(json.dumps(done.to_dict(), indent=2))
+    return 0
+
+
+def _images(args: argparse.Namespace) -> int:
+    from ctloop.images_build import ImageBuildError, build_images
+    from kubeflow_pipeline.images import ImageSettings
+
+    defaults = ImageSettings.from_env()
+    images = ImageSettings(args.registry or defaults.registry, args.tag or defaults.tag)
+    try:
+        build_images(images, push=args.push, only=tuple(args.only))
+    except (ValueError, ImageBuildError) as error:
+        print(f"ctloop images: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -92,6 +92,18 @@ def check_images(images: np.ndarray, where: str) -> None:
         )
 
 
+def stratified_split(labels: np.ndarray, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): about `val_ratio` of each class held out, never a class's last sample."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        held = min(len(members) - 1, int(round(len(members) * val_ratio)))
+        val.extend(members[:held])
+        train.extend(members[held:])
+    return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64))
+
+
 def encode_batch(images: np.ndarray) -> bytes:
     """Compact wire format for a batch: the .npy bytes of a float32 (N, H, W) array."""
     buffer = io.BytesIO()

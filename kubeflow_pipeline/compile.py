@@ -25,4 +25,4 @@ def stage_images(spec_path: str | Path) -> dict[str, str]:
     """Executor name -> container image, read from a compiled spec."""
     spec = yaml.safe_load(Path(spec_path).read_text())
     executors = spec["deploymentSpec"]["executors"]
-    return {name: executor["container"]["image"] for name, executor in executors.items()}
+    return {name: executor["container"]["image"] for name, executor in executors.items() if "container" in executor}

@@ -91,6 +91,8 @@ def run_locally(pipeline_func: Callable, arguments: dict[str, Any], pipeline_roo
             # The stage images are named per stage (ctloop-train, ...), not "python"; kfp.local
             # warns about that although the SubprocessRunner runs them in this environment.
             warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
+            # Display names are for the Kubeflow UI; the local runner says it ignores them.
+            warnings.filterwarnings("ignore", message=r"Task '.*': settings \['display_name'\]", category=UserWarning)
             pipeline_func(**arguments)
     except RuntimeError as failure:
         error = _ANSI.sub("", str(failure))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from components.collect.logic import UNLABELLED, CollectedSet
-from ctloop.images import ImageSet, write_atomic
+from ctloop.images import ImageSet, stratified_split, write_atomic
 from serving.client import TorchServeClient, TorchServeError
 
 
@@ -88,18 +88,6 @@ def _with_retries(call, model_name: str, retries: int, backoff: float) -> dict:
                 ) from error
             time.sleep(backoff * 2**attempt)
     raise AssertionError("unreachable")
-
-
-def stratified_split(labels: np.ndarray, val_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): about `val_ratio` of each class held out, never a class's last sample."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        held = min(len(members) - 1, int(round(len(members) * val_ratio)))
-        val.extend(members[:held])
-        train.extend(members[held:])
-    return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64))
 
 
 def consensus_filter(

@@ -13,8 +13,8 @@ from components.consensus.logic import (
     BranchUnavailableError,
     ask_branch,
     consensus_filter,
-    stratified_split,
 )
+from ctloop.images import stratified_split
 from ctloop.images import ImageSet
 from ctloop.modelfile import load_model, predict_proba
 from serving.client import TorchServeClient
