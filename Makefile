@@ -27,3 +27,15 @@ serve: $(STAMP)
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache
+
+# Every stage image and the serving image, through the local Docker engine (skipped without one).
+#   make images IMAGES_ARGS="--registry ghcr.io/me --tag $$(git rev-parse HEAD) --push"
+images: $(STAMP)
+	$(BIN)/ctloop images $(IMAGES_ARGS)
+
+# What CI's lint job runs: hadolint on every Dockerfile, actionlint on the workflows, and every
+# kustomization rendered by kubectl's kustomize.
+lint: $(STAMP)
+	$(BIN)/hadolint components/*/Dockerfile serving/Dockerfile
+	$(BIN)/actionlint .github/workflows/ci.yml .github/workflows/cd.yml
+	for dir in k8s/overlays/* k8s/optional/*; do $(BIN)/kubectl kustomize $$dir > /dev/null || exit 1; done

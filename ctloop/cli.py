@@ -193,7 +193,7 @@ def _submit(args: argparse.Namespace) -> int:
     except kfp_submit.SubmitError as error:
         print(f"ctloop submit: {error}", file=sys.stderr)
         return 2
-    except (ApiException, HTTPError) as error:
+    except (ApiException, HTTPError, TimeoutError) as error:
         print(f"ctloop submit: Kubeflow Pipelines at {host} failed: {str(error).strip()}", file=sys.stderr)
         return 1
     print(f"pipeline version {args.commit} ({done.pipeline_version_id}) of {package}")

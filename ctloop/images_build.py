@@ -39,9 +39,14 @@ def build_plan(images: ImageSettings, only: tuple[str, ...] = ()) -> list[ImageB
 
 def docker_engine():
     """A Docker SDK client whose engine answered a ping, or None with the reason."""
+    import os
+
     import docker
     from docker.errors import DockerException
 
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not Path(host[len("unix://"):]).exists():
+        return None, f"no Docker socket at {host[len('unix://'):]}"
     try:
         client = docker.from_env()
         client.ping()

@@ -26,6 +26,7 @@ from components.train.component import train_op
 from components.validate.component import validate_op
 from ctloop.config import PipelineConfig
 from kubeflow_pipeline.images import ImageSettings
+from kubeflow_pipeline.kubernetes import for_cluster
 
 PIPELINE_NAME = "ctloop-continuous-training"
 STAGE_OF: dict[Callable, str] = {
@@ -43,14 +44,21 @@ STAGE_OF: dict[Callable, str] = {
 }
 
 
-def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSettings | None" = None) -> Callable:
-    """The pipeline function, with `config` as parameter defaults and stage images from `images`."""
+def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSettings | None" = None,
+                   cluster: bool = False) -> Callable:
+    """The pipeline function, with `config` as parameter defaults and stage images from `images`.
+
+    `cluster` adds each stage's PVC mounts and Secret/ConfigMap env (kubeflow_pipeline.kubernetes);
+    leave it off for local runs.
+    """
     config = config or PipelineConfig()
     images = images or ImageSettings.from_env()
     ops = {
         func: dsl.component(func, base_image=images.image(stage), install_kfp_package=False)
         for func, stage in STAGE_OF.items()
     }
+    if cluster:
+        ops = {func: for_cluster(op, STAGE_OF[func]) for func, op in ops.items()}
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])
     def ctloop_pipeline(

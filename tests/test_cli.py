@@ -48,7 +48,10 @@ def test_bootstrap_and_run_on_a_users_image_folder(tmp_path: Path, capsys) -> No
                        drifted.class_names)
     write_image_folder(blurred, tmp_path / "production")
     config = tmp_path / "ctloop.yaml"
-    config.write_text(yaml.safe_dump({**PipelineConfig().as_dict(), "recent_window": 200, "min_samples": 50}))
+    # This golden set is 20 % of the user's folder, 179 parts: one part is 0.0056 of accuracy, so
+    # the golden-regression bar is set to what such a small set can resolve.
+    config.write_text(yaml.safe_dump({**PipelineConfig().as_dict(), "recent_window": 200, "min_samples": 50,
+                                      "max_golden_regression": 0.05}))
 
     assert main(["bootstrap", "--image-folder", str(tmp_path / "labelled"), "--image-size", "8", "8",
                  "--out", str(tmp_path / "models")]) == 0

