@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     compile_.add_argument("--registry", help="image registry (default CTLOOP_IMAGE_REGISTRY or ghcr.io/ctloop)")
     compile_.add_argument("--tag", help="image tag (default CTLOOP_IMAGE_TAG or the package version)")
+    compile_.add_argument("--cluster", action="store_true",
+                          help="add the Kubernetes settings: volumes and secrets as env (k8s/)")
     compile_.set_defaults(command=_compile)
 
     submit = commands.add_parser("submit", help="compile for the cluster, upload to Kubeflow Pipelines, run, schedule")
@@ -134,6 +136,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     models = args.models / "models"
     files = {role: models / f"{role}.pt" for role in ("champion", "b1", "b2")}
+    if not all(path.is_file() for path in files.values()):
+        from ctloop.bootstrap import bootstrap_digits
+
+        print(f"no models in {models}; bootstrapping on the bundled digits first")
+        bootstrap_digits(args.models)
     with local_stack(args.work_dir) as stack:
         version = install_models(stack, files, args.models / "data" / "train.npz")
         print(f"champion v{version}, b1 and b2 are served by TorchServe")
@@ -161,7 +168,7 @@ def _compile(args: argparse.Namespace) -> int:
 
     defaults = ImageSettings.from_env()
     images = ImageSettings(args.registry or defaults.registry, args.tag or defaults.tag)
-    path = compile_pipeline(args.out, load_config(args.config), images)
+    path = compile_pipeline(args.out, load_config(args.config), images, cluster=args.cluster)
     print(f"compiled {path} (images {images.image('monitor')}, ...)")
     return 0
 

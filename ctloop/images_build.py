@@ -7,13 +7,14 @@ images are then built by CI.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from kubeflow_pipeline.images import STAGES, ImageSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+STAGE_DOCKERFILE = "components/Dockerfile"  # every stage; the STAGE build argument picks its requirements
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class ImageBuild:
     name: str  # a pipeline stage, or "serving"
     dockerfile: str  # relative to the build context, the repository root
     ref: str  # registry/ctloop-<name>:<tag>
+    build_args: dict[str, str] = field(default_factory=dict)
 
 
 class ImageBuildError(RuntimeError):
@@ -33,8 +35,9 @@ def build_plan(images: ImageSettings, only: tuple[str, ...] = ()) -> list[ImageB
     unknown = sorted(set(only) - set(names))
     if unknown:
         raise ValueError(f"unknown images {', '.join(unknown)}; expected some of {', '.join(names)}")
-    dockerfiles = {stage: f"components/{stage}/Dockerfile" for stage in STAGES} | {"serving": "serving/Dockerfile"}
-    return [ImageBuild(name, dockerfiles[name], images.image(name)) for name in names if not only or name in only]
+    return [ImageBuild(name, "serving/Dockerfile" if name == "serving" else STAGE_DOCKERFILE, images.image(name),
+                       {} if name == "serving" else {"STAGE": name})
+            for name in names if not only or name in only]
 
 
 def docker_engine():
@@ -68,7 +71,8 @@ def build_images(images: ImageSettings, push: bool = False, only: tuple[str, ...
     for item in plan:
         log(f"building {item.ref} from {item.dockerfile}")
         try:
-            client.images.build(path=str(root), dockerfile=item.dockerfile, tag=item.ref, rm=True, pull=True)
+            client.images.build(path=str(root), dockerfile=item.dockerfile, buildargs=item.build_args, tag=item.ref,
+                                rm=True, pull=True)
         except Exception as error:  # docker.errors.BuildError / APIError: report which image failed
             raise ImageBuildError(f"building {item.ref} from {item.dockerfile} failed: {error}") from error
         if push:

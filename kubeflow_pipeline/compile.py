@@ -13,11 +13,12 @@ from kubeflow_pipeline.pipeline import build_pipeline
 
 
 def compile_pipeline(out: str | Path, config: PipelineConfig | None = None,
-                     images: ImageSettings | None = None) -> Path:
-    """Write the compiled pipeline spec to `out`."""
+                     images: ImageSettings | None = None, cluster: bool = False) -> Path:
+    """Write the compiled pipeline spec to `out`; `cluster` adds the Kubernetes settings
+    (volumes, secrets as env) of kubeflow_pipeline.kubernetes."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(config, images), str(out))
+    compiler.Compiler().compile(build_pipeline(config, images, cluster=cluster), str(out))
     return out
 
 

@@ -22,7 +22,8 @@ import yaml
 
 from ctloop.config import PipelineConfig
 from kubeflow_pipeline.images import ImageSettings
-from kubeflow_pipeline.pipeline import PIPELINE_NAME, build_pipeline
+from kubeflow_pipeline.compile import compile_pipeline
+from kubeflow_pipeline.pipeline import PIPELINE_NAME
 
 DEFAULT_EXPERIMENT = "ctloop"
 RECURRING_RUN_NAME = "ctloop-yield-check"
@@ -51,12 +52,7 @@ class Submission:
 
 def compile_for_cluster(out: str | Path, images: ImageSettings, config: PipelineConfig | None = None) -> Path:
     """Compile with the cluster settings (kubeflow_pipeline.kubernetes) into `out`."""
-    from kfp import compiler
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(config, images, cluster=True), str(out))
-    return out
+    return compile_pipeline(out, config, images, cluster=True)
 
 
 def load_params(params_file: str | Path | None, overrides: Mapping[str, str] = ()) -> dict[str, Any]:

@@ -18,6 +18,9 @@ def test_plan_covers_every_stage_and_serving() -> None:
     for item in plan:
         assert (ROOT / item.dockerfile).is_file(), item.dockerfile
         assert item.ref == IMAGES.image(item.name)
+        if item.name != "serving":
+            assert item.build_args == {"STAGE": item.name}
+            assert (ROOT / "components" / item.name / "requirements.txt").is_file()
 
 
 def test_unknown_image_names_are_refused() -> None:
@@ -43,7 +46,7 @@ class FakeImages:
         self.calls: list[tuple] = []
 
     def build(self, **kwargs):
-        self.calls.append(("build", kwargs["dockerfile"], kwargs["tag"], kwargs["path"]))
+        self.calls.append(("build", kwargs["dockerfile"], kwargs["buildargs"], kwargs["tag"], kwargs["path"]))
         return object(), iter(())
 
     def push(self, repository, tag, stream, decode):
@@ -57,8 +60,8 @@ def test_with_an_engine_each_image_is_built_from_the_root_and_pushed() -> None:
     built = build_images(IMAGES, push=True, only=("train", "serving"), engine=lambda: (client, ""), log=lambda _: None)
     assert built == [IMAGES.image("train"), IMAGES.image("serving")]
     assert images.calls == [
-        ("build", "components/train/Dockerfile", IMAGES.image("train"), str(ROOT)),
+        ("build", "components/Dockerfile", {"STAGE": "train"}, IMAGES.image("train"), str(ROOT)),
         ("push", IMAGES.image("train")),
-        ("build", "serving/Dockerfile", IMAGES.image("serving"), str(ROOT)),
+        ("build", "serving/Dockerfile", {}, IMAGES.image("serving"), str(ROOT)),
         ("push", IMAGES.image("serving")),
     ]

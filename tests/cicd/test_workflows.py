@@ -54,6 +54,9 @@ def test_build_matrix_covers_every_stage_and_serving() -> None:
     assert sorted(entry["image"] for entry in entries) == sorted((*STAGES, "serving"))
     for entry in entries:
         assert (ROOT / entry["dockerfile"]).is_file(), f"no Dockerfile for {entry['image']}: {entry['dockerfile']}"
+        if entry["image"] != "serving":
+            assert entry["stage"] == entry["image"], "the STAGE build argument picks the stage's requirements"
+            assert (ROOT / "components" / entry["stage"] / "requirements.txt").is_file()
 
 
 def test_ci_runs_on_push_and_pr_and_pushes_images_only_from_main() -> None:
@@ -66,12 +69,13 @@ def test_ci_runs_on_push_and_pr_and_pushes_images_only_from_main() -> None:
     push = build_steps["docker/build-push-action"]["with"]
     assert push["push"] == "${{ env.PUSH == 'true' }}"
     assert push["file"] == "${{ matrix.dockerfile }}"
+    assert push["build-args"].strip() == "STAGE=${{ matrix.stage }}"
     name_step = next(step for step in build["steps"] if step.get("id") == "name")
     assert "ctloop-${IMAGE}:${GITHUB_SHA}" in name_step["run"], "images are tagged with the commit"
     jobs = workflow["jobs"]
     assert "make test" in jobs["test"]["steps"][-1]["run"]
     compile_run = " ".join(step.get("run", "") for step in jobs["compile"]["steps"])
-    assert "ctloop compile --registry" in compile_run and '--tag "${GITHUB_SHA}"' in compile_run
+    assert "ctloop compile --cluster --registry" in compile_run and '--tag "${GITHUB_SHA}"' in compile_run
     assert any(step.get("uses", "").startswith("actions/upload-artifact@") for step in jobs["compile"]["steps"])
 
 
