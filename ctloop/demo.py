@@ -17,13 +17,13 @@ from typing import Any, Callable
 import numpy as np
 
 from ctloop import registry
-from ctloop.bootstrap import bootstrap_digits
+from ctloop.bootstrap import BootstrapResult, bootstrap_digits
 from ctloop.config import PipelineConfig
 from ctloop.drift import DriftKind
 from ctloop.images import ImageSet
 from ctloop.modelfile import load_model, predict_proba
 from ctloop.simulator import DriftSpec, ProductionLine
-from ctloop.stack import REGISTERED_MODEL, install_models, local_stack
+from ctloop.stack import REGISTERED_MODEL, LocalStack, install_models, local_stack
 from ctloop.traffic import Answer, Traffic
 from kubeflow_pipeline.local_run import LocalRun, run_cycle
 
@@ -74,56 +74,70 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
     say(f"bootstrapping champion, B1 and B2 on clean digits in {work}")
     boot = bootstrap_digits(work / "bootstrap", settings.seed, settings.bootstrap_epochs)
     say("golden-set accuracy: " + ", ".join(f"{role} {score:.3f}" for role, score in boot.golden_accuracy.items()))
-    config, window = settings.config, settings.config.recent_window
     with local_stack(work / "stack", settings.mlflow_server) as stack:
         say(f"TorchServe at {stack.torchserve.inference_url}, MLflow at {stack.tracking_uri}")
         first_version = install_models(stack, boot.model_files, boot.train_set)
-        line = ProductionLine(ImageSet.load(boot.production_pool), settings.seed,
-                              DriftSpec(settings.drift_kind, settings.drift_severity, start=window))
-        traffic = Traffic(stack.client, stack.store_dir, settings.audit_share, settings.seed, settings.concurrency)
-        phases: list[PhaseSummary] = []
-        timeline: list[tuple[int, float, str]] = []
-
-        def play(name: str) -> ImageSet:
-            parts = line.take(window)
-            answers = traffic.send(parts)
-            timeline.extend((answer.position, answer.confidence, name) for answer in answers)
-            phases.append(_phase(name, answers, config.yield_confidence))
-            say(f"{name}: {len(answers)} parts, yield {phases[-1].yield_value:.3f}, "
-                f"accuracy {phases[-1].accuracy:.3f}")
-            return parts
-
-        def cycle() -> dict[str, Any]:
-            say("running the continuous-training pipeline (kfp.local)")
-            run = run_cycle(stack, config, boot.golden_set, work / "pipeline_root")
-            say(f"pipeline {'succeeded' if run.succeeded else 'FAILED: ' + str(run.error)}; "
-                f"stages: {', '.join(run.tasks)}")
-            return _cycle_summary(run)
-
-        play("clean")
-        cycles = [cycle()]
-        play(f"{settings.drift_kind} drift")
-        cycles.append(cycle())
+        story = _Story(settings, stack, boot, work / "pipeline_root", say)
+        story.play("clean")
+        story.cycle()
+        story.play(f"{settings.drift_kind} drift")
+        story.cycle()
         final_version = stack.client.default_version("champion")
-        deployed = final_version != first_version
-        last_parts = play("after retraining" if deployed else "drift, not retrained")
+        last_parts = story.play("after retraining" if final_version != first_version else "drift, not retrained")
         old_acc, new_acc = _compare_champions(stack.tracking_uri, first_version, final_version, last_parts)
-    consensus = cycles[-1]["outputs"].get("consensus-op", {})
+    consensus = story.cycles[-1]["outputs"].get("consensus-op", {})
     return DemoSummary(
         settings={"seed": settings.seed, "drift_kind": settings.drift_kind, "drift_severity": settings.drift_severity,
-                  "audit_share": settings.audit_share, **config.as_dict()},
-        phases=phases,
-        cycles=cycles,
+                  "audit_share": settings.audit_share, **settings.config.as_dict()},
+        phases=story.phases,
+        cycles=story.cycles,
         champion_before=first_version,
         champion_after=final_version,
         old_champion_accuracy_on_drift=old_acc,
         new_champion_accuracy_on_drift=new_acc,
         pseudo_label_precision=consensus.get("pseudo_label_precision"),
         kept_share=consensus.get("kept_share"),
-        timeline=timeline,
-        confusion_matrices=cycles[-1]["confusion_matrices"],
+        timeline=story.timeline,
+        confusion_matrices=story.cycles[-1]["confusion_matrices"],
         seconds=time.monotonic() - started,
     )
+
+
+class _Story:
+    """The line (drift starts after the first window), its traffic, and what each step showed."""
+
+    def __init__(self, settings: DemoSettings, stack: LocalStack, boot: BootstrapResult, pipeline_root: Path,
+                 say: Callable[[str], None]) -> None:
+        self.config, self.stack, self.boot, self.pipeline_root, self.say = (
+            settings.config, stack, boot, pipeline_root, say)
+        if boot.production_pool is None:
+            raise ValueError("the demo plays the simulator's production pool; bootstrap with bootstrap_digits")
+        self.line = ProductionLine(ImageSet.load(boot.production_pool), settings.seed,
+                                   DriftSpec(settings.drift_kind, settings.drift_severity,
+                                             start=settings.config.recent_window))
+        self.traffic = Traffic(stack.client, stack.store_dir, settings.audit_share, settings.seed,
+                               settings.concurrency)
+        self.phases: list[PhaseSummary] = []
+        self.timeline: list[tuple[int, float, str]] = []
+        self.cycles: list[dict[str, Any]] = []
+
+    def play(self, name: str) -> ImageSet:
+        """One window of parts through the champion; returns the parts (with their true labels)."""
+        parts = self.line.take(self.config.recent_window)
+        answers = self.traffic.send(parts)
+        self.timeline.extend((answer.position, answer.confidence, name) for answer in answers)
+        self.phases.append(_phase(name, answers, self.config.yield_confidence))
+        self.say(f"{name}: {len(answers)} parts, yield {self.phases[-1].yield_value:.3f}, "
+                 f"accuracy {self.phases[-1].accuracy:.3f}")
+        return parts
+
+    def cycle(self) -> None:
+        """One run of the continuous-training pipeline."""
+        self.say("running the continuous-training pipeline (kfp.local)")
+        run = run_cycle(self.stack, self.config, self.boot.golden_set, self.pipeline_root)
+        self.say(f"pipeline {'succeeded' if run.succeeded else 'FAILED: ' + str(run.error)}; "
+                 f"stages: {', '.join(run.tasks)}")
+        self.cycles.append(_cycle_summary(run))
 
 
 def _phase(name: str, answers: list[Answer], confidence: float) -> PhaseSummary:

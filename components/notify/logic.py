@@ -131,8 +131,7 @@ def not_deployed(reasons: Sequence[str], run_name: str | None = None) -> Message
         reasons: one sentence per reason.
         run_name: the pipeline run, shown as context.
     """
-    first = reasons[0] if reasons else "no reason given"
-    text = f"Challenger not deployed: {first}"
+    text = f"Challenger not deployed: {' '.join(reasons) or 'no reason given'}"
     bullets = "\n".join(f"\u2022 {_escape(reason)}" for reason in reasons) or "no reason given"
     blocks = [_header("Challenger not deployed"), _section(_clip(bullets))]
     return _message(text, blocks, run_name)
