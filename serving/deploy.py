@@ -33,7 +33,8 @@ class DeployStep:
 
 @dataclass
 class DeployRecord:
-    """What a deploy did: outcome is "deployed" or "rolled_back"; reason says why it rolled back."""
+    """What a deploy did: outcome is "deployed", "rolled_back", or "rollback_incomplete" (a rollback
+    step failed too, e.g. TorchServe went away); reason says why, the first failure first."""
 
     model_name: str
     new_version: str
@@ -87,7 +88,11 @@ def deploy(
                                                         probabilities, tolerance))
     except (TorchServeError, DeployCheckError) as error:
         record.reason = str(error)
-        _roll_back(client, record, registered, default_changed)
+        try:
+            _roll_back(client, record, registered, default_changed)
+        except TorchServeError as rollback_error:  # e.g. TorchServe itself went away
+            record.outcome = "rollback_incomplete"
+            record.reason += f"; rollback incomplete ({rollback_error})"
         return record
     record.outcome = "deployed"
     if canary_labels is not None:

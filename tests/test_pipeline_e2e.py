@@ -6,20 +6,14 @@ traffic through the champion and runs one continuous-training cycle.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Iterator
-
 import pytest
 
 from ctloop import registry
-from ctloop.bootstrap import BootstrapResult, bootstrap_digits
 from ctloop.config import PipelineConfig
 from ctloop.images import ImageSet
-from ctloop.simulator import DriftSpec, ProductionLine
-from ctloop.stack import REGISTERED_MODEL, LocalStack, install_models, local_stack
-from ctloop.traffic import Traffic
-from kubeflow_pipeline.local_run import LocalRun, run_cycle
+from ctloop.stack import REGISTERED_MODEL
+from pipeline_support import boot, cycle, outbox, stack, versions  # noqa: F401 (boot and stack are fixtures)
+from pipeline_support import play as _play
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -27,36 +21,8 @@ WINDOW = 150
 SMALL = PipelineConfig(recent_window=WINDOW, min_samples=50, train_epochs=30)
 
 
-@pytest.fixture(scope="module")
-def boot(tmp_path_factory: pytest.TempPathFactory) -> BootstrapResult:
-    return bootstrap_digits(tmp_path_factory.mktemp("bootstrap"), seed=0, progress=False)
-
-
-@pytest.fixture
-def stack(boot: BootstrapResult, tmp_path: Path) -> Iterator[LocalStack]:
-    with local_stack(tmp_path / "stack", mlflow_server=False) as started:
-        install_models(started, boot.model_files, boot.train_set)
-        yield started
-
-
-def play(stack: LocalStack, boot: BootstrapResult, drift: bool) -> None:
-    """One window of parts through the champion, drifted (blur) from the first part or clean."""
-    spec = DriftSpec("blur", 1.0, start=0) if drift else None
-    line = ProductionLine(ImageSet.load(boot.production_pool), seed=1, drift=spec)
-    Traffic(stack.client, stack.store_dir, audit_share=0.3, seed=1).send(line.take(WINDOW))
-
-
-def cycle(stack: LocalStack, boot: BootstrapResult, tmp_path: Path, config: PipelineConfig) -> LocalRun:
-    return run_cycle(stack, config, boot.golden_set, tmp_path / "pipeline_root")
-
-
-def outbox(stack: LocalStack) -> list[str]:
-    return [json.loads(line)["message"]["text"] for line in stack.slack_outbox.read_text().splitlines()]
-
-
-def versions(stack: LocalStack) -> list[str]:
-    found = registry.client(stack.tracking_uri).search_model_versions(f"name = '{REGISTERED_MODEL}'")
-    return sorted(str(version.version) for version in found)
+def play(stack, boot, drift: bool) -> None:
+    _play(stack, boot, drift, WINDOW)
 
 
 def test_drift_retrains_and_deploys_a_better_champion(stack, boot, tmp_path) -> None:

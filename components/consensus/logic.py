@@ -110,6 +110,12 @@ def consensus_filter(
     """
     if new_repeat < 1:
         raise ValueError(f"new_repeat must be at least 1, got {new_repeat}")
+    if not 0.0 <= confidence_threshold <= 1.0:
+        raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
+    if not 0.0 <= val_ratio <= 0.9:
+        raise ValueError(f"val_ratio must be in [0, 0.9], got {val_ratio}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     collected = CollectedSet.load(collected_path)
     new = np.flatnonzero(collected.is_new)
     images = collected.images[new]

@@ -20,7 +20,7 @@ from serving.deploy import deploy
 
 
 class DeployFailedError(RuntimeError):
-    """The new version was rolled back; the previous champion keeps serving."""
+    """The new version was not deployed; the `champion` alias still names the previous champion."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def deploy_challenger(
                     workers=workers)
     if record.outcome != "deployed":
         archive.unlink(missing_ok=True)
-        raise DeployFailedError(f"{serving_name} version {version} rolled back: {record.reason}")
+        what = "rolled back" if record.outcome == "rolled_back" else "not deployed and not fully rolled back"
+        raise DeployFailedError(f"{serving_name} version {version} {what}: {record.reason}")
     try:
         previous = registry.promote(registered_model, version, tracking_uri)
     except registry.RegistryError as error:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,44 +12,7 @@ import pytest
 import components.notify
 from components.monitor.logic import MonitorResult
 from components.notify.logic import deployed, not_deployed, retrain_started, run_failed, send
-
-
-class Receiver:
-    """A Slack incoming webhook stand-in: records each POST body, answers `statuses` in turn
-    (then 200 "ok")."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        self.statuses: list[int] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                length = int(self.headers["Content-Length"])
-                receiver.bodies.append(json.loads(self.rfile.read(length)))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                body = b"ok" if status == 200 else b"invalid_blocks" if status == 400 else b"server_error"
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass  # keep the test output clean; the bodies are recorded above
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/XXXX"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> "Receiver":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+from slack_support import Receiver
 
 
 @pytest.fixture
@@ -111,7 +72,8 @@ def test_deployed_shows_versions_and_signed_deltas():
 
 def test_not_deployed_lists_the_reasons_escaped():
     message = not_deployed(["gain 0.004 < min_improvement 0.01", "golden accuracy fell by 0.05 > 0.02 & more"])
-    assert message["text"] == "Challenger not deployed: gain 0.004 < min_improvement 0.01"
+    assert message["text"] == ("Challenger not deployed: gain 0.004 < min_improvement 0.01 "
+                               "golden accuracy fell by 0.05 > 0.02 & more")
     assert message["blocks"][1]["text"]["text"] == (
         "\u2022 gain 0.004 &lt; min_improvement 0.01\n\u2022 golden accuracy fell by 0.05 &gt; 0.02 &amp; more"
     )
