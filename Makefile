@@ -1,10 +1,12 @@
 # ctloop: two commands do all the set-up on a fresh machine.
 #   make run   - the continuous-training demo, end to end
 #   make test  - the test suite
+#   make bench - the benchmarks: bench/results.json and a Markdown table (about 10 minutes)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: run test bench images compile lint clean serve
 
@@ -18,6 +20,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+#   make bench BENCH_ARGS=--tiny   # the suite's quick setting, well under a minute
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 run: $(STAMP)
 	$(BIN)/ctloop demo

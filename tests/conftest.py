@@ -8,6 +8,7 @@ from typing import Iterator
 import pytest
 
 from serving.server import LocalTorchServe
+from pipeline_support import boot, stack  # noqa: F401 (fixtures: one bootstrap per session)
 from serving_support import Serving
 
 LEAKY_PREFIXES = ("MLFLOW_", "KFP_", "SLACK_", "TS_", "CTLOOP_")

@@ -12,7 +12,7 @@ from ctloop import registry
 from ctloop.config import PipelineConfig
 from ctloop.images import ImageSet
 from ctloop.stack import REGISTERED_MODEL
-from pipeline_support import boot, cycle, outbox, stack, versions  # noqa: F401 (boot and stack are fixtures)
+from pipeline_support import cycle, outbox, versions
 from pipeline_support import play as _play
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]

@@ -1,5 +1,5 @@
-"""Fixtures of the reliability suite: the bootstrapped models once per session, a fresh local stack
-(TorchServe + MLflow on SQLite) per test, and a local Slack webhook receiver."""
+"""Fixtures of the reliability suite: a local Slack webhook receiver (the bootstrapped models and
+the fresh local stack per test come from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Iterator
 
 import pytest
 
-from pipeline_support import boot, stack  # noqa: F401 (fixtures)
 from slack_support import Receiver
 
 

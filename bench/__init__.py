@@ -1,0 +1,7 @@
+"""ctloop's benchmarks: `make bench` (or `python -m bench [--tiny]`) measures, side by side on one
+machine, serving on TorchServe vs FastAPI vs in-process, the consensus filter on TorchServe vs
+in-process, the continuous-training cycle and its orchestration overhead, the learning quality
+of pseudo-labels against an oracle for every drift kind, and requests lost during a deploy.
+
+Nothing here is imported by ctloop itself; the results land in `bench/results.json`.
+"""

@@ -1,0 +1,215 @@
+"""3. The CT cycle: seconds from the monitor tripping to the new champion answering as the default,
+per stage, and how much of it is orchestration overhead rather than work.
+
+Drifted parts go through the champion until the monitor has a full window, then one pipeline
+run (kfp.local) retrains and deploys. A watcher thread asks the champion's default URL for an
+answer every `POLL_SECONDS` and notes when a new version first answers; the monitor "trips" when
+its task writes its output. Overhead per stage is estimated from separate measurements:
+- start-up: the wall time of a no-op kfp.local task (a fresh Python process, the kfp executor,
+  reading its input and writing its output);
+- imports: the import statements of the stage's component function, run in a fresh Python
+  process, minus bare Python's start-up;
+- artifact I/O: reading and re-writing the stage's output artifacts (ImageSets decoded and
+  encoded as the stages do).
+The rest of a stage's wall time is its work (training, HTTP calls to TorchServe and MLflow).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import inspect
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from bench.noop_component import build_noop_pipeline
+from bench.settings import BenchSettings
+from ctloop.bootstrap import BootstrapResult
+from ctloop.images import ImageDataError, ImageSet, write_atomic
+from ctloop.simulator import DriftSpec, ProductionLine
+from ctloop.stack import LocalStack
+from ctloop.traffic import Traffic
+from kubeflow_pipeline.local_run import LocalRun, run_cycle, run_locally
+from kubeflow_pipeline.pipeline import STAGE_OF
+from serving.client import TorchServeClient, TorchServeError
+
+POLL_SECONDS = 0.05
+AUDIT_SHARE = 0.25  # as in `make run`: a quarter of the parts get ground-truth feedback
+NOOP_TASKS = 3
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TASK_FUNCTION = {function.__name__.replace("_", "-"): function for function in STAGE_OF}
+
+
+class DefaultWatcher:
+    """Polls the champion's default URL from its own thread; `changed_at` is the wall-clock time
+    (time.time) of the first answer from a version other than `old_version`."""
+
+    def __init__(self, client: TorchServeClient, probe: np.ndarray, old_version: str) -> None:
+        self.client = TorchServeClient(client.inference_url, client.management_url, client.keys)
+        self.probe, self.old_version = probe, old_version
+        self.changed_at: float | None = None
+        self.new_version: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set() and self.changed_at is None:
+            with contextlib.suppress(TorchServeError):
+                version = self.client.predict("champion", self.probe, canary=True).model_version
+                if version is not None and version != self.old_version:
+                    self.changed_at, self.new_version = time.time(), version
+            self._stop.wait(POLL_SECONDS)
+
+    def __enter__(self) -> "DefaultWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.client.close()
+
+
+def bench_cycle(stack: LocalStack, boot: BootstrapResult, settings: BenchSettings, work: Path) -> dict[str, object]:
+    """Trip the monitor with drifted parts, run one cycle, and break its time down."""
+    config = settings.config
+    pool = ImageSet.load(boot.production_pool)
+    line = ProductionLine(pool, settings.seed, DriftSpec(settings.cycle_drift, settings.severity, start=0))
+    Traffic(stack.client, stack.store_dir, AUDIT_SHARE, settings.seed).send(line.take(config.recent_window))
+    old_version = stack.client.default_version("champion")
+    with DefaultWatcher(stack.client, pool.images[:1], old_version) as watcher, _quiet(work / "cycle.log"):
+        run = run_cycle(stack, config, boot.golden_set, work / "pipeline_root")
+    tripped_at = _finished_at(run, "monitor-op")
+    stages = _stage_breakdown(run, _noop_task_seconds(work), _import_seconds(run))
+    window = _trip_to_default_tasks(run)
+    return {
+        "succeeded": run.succeeded,
+        "error": run.error,
+        "drift": f"{settings.cycle_drift} at severity {settings.severity}",
+        "train_epochs": config.train_epochs,
+        "old_version": old_version,
+        "new_version": watcher.new_version,
+        "trip_to_default_seconds": _seconds_between(tripped_at, watcher.changed_at),
+        "cycle_seconds": round(run.seconds, 3),
+        "between_tasks_seconds": round(run.seconds - sum(task.seconds for task in run.tasks.values()), 3),
+        "stages": stages,
+        "trip_to_default_tasks": window,
+        "trip_to_default_overhead_seconds": round(sum(stages[name]["overhead"] for name in window), 3),
+        "trip_to_default_work_seconds": round(sum(stages[name]["work"] for name in window), 3),
+    }
+
+
+@contextlib.contextmanager
+def _quiet(log_file: Path) -> Iterator[None]:
+    """kfp.local prints every task's streamed output; keep it in a log file, not in the table."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        yield
+
+
+def _finished_at(run: LocalRun, task: str) -> float | None:
+    """Wall-clock time the task wrote its executor output, i.e. when its result existed."""
+    if run.run_dir is None:
+        return None
+    output = run.run_dir / task / "executor_output.json"
+    return output.stat().st_mtime if output.is_file() else None
+
+
+def _seconds_between(start: float | None, end: float | None) -> float | None:
+    return round(end - start, 3) if start is not None and end is not None else None
+
+
+def _trip_to_default_tasks(run: LocalRun) -> list[str]:
+    """The tasks that ran after the monitor up to and including the deploy (kfp.local runs
+    tasks one at a time, in this order)."""
+    names = list(run.tasks)
+    if "monitor-op" not in names or "deploy-op" not in names:
+        return []
+    return names[names.index("monitor-op") + 1 : names.index("deploy-op") + 1]
+
+
+def _stage_breakdown(run: LocalRun, noop_seconds: float, imports: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per task: wall, start-up, imports, artifact I/O, overhead (their sum) and work (the rest).
+    The importer runs inside the orchestrator, so it has no start-up or imports."""
+    breakdown = {}
+    for name, task in run.tasks.items():
+        startup = noop_seconds if name in TASK_FUNCTION else 0.0
+        importing = imports.get(name, 0.0)
+        artifact_io = _artifact_io_seconds(task.artifacts)
+        overhead = min(task.seconds, startup + importing + artifact_io)
+        breakdown[name] = {
+            "wall": round(task.seconds, 3),
+            "startup": round(startup, 3),
+            "imports": round(importing, 3),
+            "artifact_io": round(artifact_io, 3),
+            "overhead": round(overhead, 3),
+            "work": round(task.seconds - overhead, 3),
+        }
+    return breakdown
+
+
+def _artifact_io_seconds(artifacts: dict[str, dict[str, object]]) -> float:
+    """Time to read each output artifact file and write it again (ImageSets decoded and encoded)."""
+    total = 0.0
+    with tempfile.TemporaryDirectory(prefix="bench-io-") as scratch:
+        for index, artifact in enumerate(artifacts.values()):
+            path = Path(str(artifact["uri"]))
+            if path.is_file():
+                started = time.perf_counter()
+                _read_and_write(path, Path(scratch) / str(index))
+                total += time.perf_counter() - started
+    return total
+
+
+def _read_and_write(path: Path, copy: Path) -> None:
+    try:
+        ImageSet.load(path).save(copy)
+    except ImageDataError:
+        write_atomic(copy, path.read_bytes())
+
+
+def _noop_task_seconds(work: Path) -> float:
+    """Median wall time of a no-op kfp.local task: the per-stage cost of being a task."""
+    with _quiet(work / "noop.log"):
+        run = run_locally(build_noop_pipeline(NOOP_TASKS), {}, work / "noop_root")
+    return statistics.median(task.seconds for task in run.tasks.values())
+
+
+def _import_seconds(run: LocalRun) -> dict[str, float]:
+    """Per task that ran: the import statements of its component function, timed in a fresh
+    Python process, less bare Python's start-up (which the no-op task already counts)."""
+    bare = _python_seconds("pass")
+    timed: dict[str, float] = {}
+    seconds = {}
+    for name in run.tasks:
+        if name in TASK_FUNCTION:
+            code = component_imports(TASK_FUNCTION[name])
+            if code not in timed:
+                timed[code] = max(0.0, _python_seconds(code) - bare)
+            seconds[name] = timed[code]
+    return seconds
+
+
+def component_imports(function: Callable) -> str:
+    """The import statements in a component function's body (where kfp components import)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return "\n".join(ast.unparse(node) for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)))
+
+
+def _python_seconds(code: str) -> float:
+    """Wall time of `python -c code`, with the flag kfp's executor sets in every task."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, capture_output=True,
+                   env={**os.environ, "_KFP_RUNTIME": "true"})
+    return time.perf_counter() - started

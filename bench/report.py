@@ -1,0 +1,127 @@
+"""The results as Markdown tables: printed by `make bench` and pasted into the README."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGET_NAMES = {"torchserve": "TorchServe", "fastapi": "FastAPI + uvicorn", "in_process": "in-process forward"}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Every section that ran, each as a short heading line and a table."""
+    parts = [_machine(results)]
+    for key, render in (("serving", _serving), ("consensus", _consensus), ("cycle", _cycle),
+                        ("learning", _learning), ("deploy", _deploy)):
+        if key in results:
+            parts.append(render(results[key]))
+    return "\n\n".join(parts) + "\n"
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    alignment = [" --- "] + [" ---: "] * (len(header) - 1)  # names left, figures right
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(alignment) + "|"]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def _machine(results: dict[str, Any]) -> str:
+    machine, load = results["machine"], results["load_average"]
+    return (f"Measured {results['started']} on {machine['cpu_model']}, {machine['usable_cores']} cores, "
+            f"{machine['ram_gib']} GiB RAM; Python {machine['python']}, torch {machine['torch']}, TorchServe "
+            f"{machine['torchserve']}, FastAPI {machine['fastapi']}, uvicorn {machine['uvicorn']} "
+            f"({machine['uvicorn_http']}, {machine['uvicorn_loop']}). Client and servers share the cores; "
+            f"1-minute load average {min(load.values()):.1f} to {max(load.values()):.1f} during the run. "
+            f"Settings: {results['settings']['name']}, {results['seconds']:.0f} s in all.")
+
+
+def _serving(serving: dict[str, Any]) -> str:
+    winner = serving["winner"]
+    rows = []
+    for concurrency, served in serving["targets"]["torchserve"].items():
+        for target, loads in serving["targets"].items():
+            load = loads[concurrency]
+            rows.append([TARGET_NAMES[target], concurrency, load["requests_per_second"], load["p50_ms"], load["p99_ms"],
+                         _times(served["requests_per_second"], load["requests_per_second"])])
+    tried = [[_config(entry["settings"]) + (" (chosen)" if entry["settings"] == winner else ""),
+              *(entry["load"][c]["requests_per_second"] for c in entry["load"]),
+              *(entry["load"][c]["p99_ms"] for c in entry["load"])] for entry in serving["torchserve_tried"]]
+    concurrencies = list(serving["targets"]["torchserve"])
+    return "\n\n".join([
+        f"**1. Serving** the champion, {serving['request']}. TorchServe: {_config(winner)} (of {len(tried)} "
+        "settings tried, the best geometric mean of req/s over the concurrencies), prediction log on; FastAPI: "
+        f"{serving['fastapi_workers']} uvicorn worker(s), no prediction log; in-process: the app's work without "
+        "HTTP. All with one torch thread per worker.",
+        _table(["target", "concurrency", "req/s", "p50 ms", "p99 ms", "TorchServe req/s ÷ this"], rows),
+        "TorchServe settings tried:",
+        _table(["workers, torch threads, batch, delay", *(f"req/s c={c}" for c in concurrencies),
+                *(f"p99 ms c={c}" for c in concurrencies)], tried),
+    ])
+
+
+def _config(settings: dict[str, Any]) -> str:
+    return (f"{settings['workers']} worker(s), {settings['torch_threads']} torch thread(s), batch "
+            f"{settings['batch_size']}, delay {settings['max_batch_delay_ms']} ms")
+
+
+def _times(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.2f}x" if denominator else "n/a"
+
+
+def _consensus(consensus: dict[str, Any]) -> str:
+    served, local = consensus["torchserve"], consensus["in_process"]
+    return "\n\n".join([
+        f"**2. Consensus filter**: {consensus['samples']} drifted images through B1 and B2 in .npy batches of "
+        f"{consensus['batch_size']}; labels identical both ways: {consensus['labels_identical']}.",
+        _table(["B1 + B2", "samples/s", "seconds", "÷ in-process"], [
+            ["TorchServe (ask_branch)", served["samples_per_second"], served["seconds"],
+             _times(served["samples_per_second"], local["samples_per_second"])],
+            ["in-process forward", local["samples_per_second"], local["seconds"], "1.00x"],
+        ]),
+    ])
+
+
+def _cycle(cycle: dict[str, Any]) -> str:
+    rows = [[name, stage["wall"], stage["startup"], stage["imports"], stage["artifact_io"], stage["work"]]
+            for name, stage in cycle["stages"].items()]
+    trip, overhead = cycle["trip_to_default_seconds"], cycle["trip_to_default_overhead_seconds"]
+    share = f"{overhead / trip:.0%}" if trip else "n/a"
+    return "\n\n".join([
+        f"**3. CT cycle** ({cycle['drift']}, {cycle['train_epochs']} epochs, champion v{cycle['old_version']} -> "
+        f"v{cycle['new_version']}): {_cell(trip)} s from the monitor tripping to the new champion answering as "
+        f"default, of which about {overhead:.1f} s ({share}) is orchestration overhead (task start-up, imports, "
+        f"artifact I/O); the whole run {cycle['cycle_seconds']:.1f} s, {cycle['between_tasks_seconds']:.1f} s of it "
+        "in kfp.local between tasks.",
+        _table(["task", "wall s", "start-up s", "imports s", "artifact I/O s", "work s"], rows),
+    ])
+
+
+def _learning(learning: dict[str, Any]) -> str:
+    rows = [[kind, row["old_champion_accuracy"], row["new_champion_accuracy"], row["oracle_accuracy"],
+             row["new_over_oracle"], row["pseudo_label_precision"], row["coverage"]]
+            for kind, row in learning["kinds"].items()]
+    return "\n\n".join([
+        f"**4. Learning quality** at severity {learning['severity']}, window {learning['window']}, "
+        f"{learning['train_epochs']} epochs; accuracy on the {learning['evaluated_on']}. The oracle is the same "
+        "recipe trained on the window's true labels.",
+        _table(["drift", "old champion", "new champion", "oracle", "new ÷ oracle", "pseudo-label precision",
+                "coverage (kept)"], rows),
+    ])
+
+
+def _deploy(deploy: dict[str, Any]) -> str:
+    versions = ", ".join(f"v{version}: {count}" for version, count in deploy["answered_by_version"].items())
+    return "\n\n".join([
+        f"**5. Deploy under load** ({deploy['version']}, {deploy['outcome']}): {deploy['concurrency']} client "
+        "threads sending as fast as they are answered.",
+        _table(["requests during deploy", "failed", "req/s", "deploy s", "answered by"],
+               [[deploy["requests_during_deploy"], deploy["failed_during_deploy"],
+                 deploy["requests_per_second_during_deploy"], deploy["deploy_seconds"], versions]]),
+    ])
