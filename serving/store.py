@@ -25,34 +25,40 @@ class PredictionStoreError(ValueError):
 
 
 class PredictionRecords(list):
-    """The complete records of a log (a list of dicts), plus `truncated_tail`: whether its last
-    line was cut short (a writer interrupted mid-line, or the file copied while being written)."""
+    """The complete records of a log (a list of dicts), plus what was skipped: `truncated_tail`,
+    whether its last line was cut short (a writer interrupted mid-line, or the file copied while
+    being written), and `broken_lines`, the numbers of earlier lines that are not JSON (such a
+    fragment, closed by the next writer so that its records stay whole)."""
 
-    def __init__(self, records: list[dict], truncated_tail: bool) -> None:
+    def __init__(self, records: list[dict], truncated_tail: bool, broken_lines: list[int]) -> None:
         super().__init__(records)
         self.truncated_tail = truncated_tail
+        self.broken_lines = broken_lines
 
 
 def read_prediction_log(path: str | Path) -> PredictionRecords:
-    """Parse a prediction log; a last line without newline that is not valid JSON is reported
-    as `truncated_tail` and skipped, any other bad line is an error naming its line number."""
+    """Parse a prediction log, skipping (and reporting) interrupted records rather than stopping
+    the loop on them: one lost prediction must not blind the monitor to all later ones."""
     lines = Path(path).read_bytes().split(b"\n")
     tail = lines.pop()
-    records = [_parse_line(line, number, path) for number, line in enumerate(lines, start=1)]
-    if not tail:
-        return PredictionRecords(records, truncated_tail=False)
-    try:
-        records.append(json.loads(tail))
-    except ValueError:
-        return PredictionRecords(records, truncated_tail=True)
-    return PredictionRecords(records, truncated_tail=False)
+    records, broken = [], []
+    for number, line in enumerate(lines, start=1):
+        parsed = _parse(line)
+        if parsed is None:
+            broken.append(number)
+        else:
+            records.append(parsed)
+    last = _parse(tail) if tail else None
+    if last is not None:
+        records.append(last)
+    return PredictionRecords(records, truncated_tail=bool(tail) and last is None, broken_lines=broken)
 
 
-def _parse_line(line: bytes, number: int, path: str | Path) -> dict:
+def _parse(line: bytes) -> object | None:
     try:
         return json.loads(line)
-    except ValueError as error:
-        raise PredictionStoreError(f"{path}:{number}: not a JSON record ({error})") from error
+    except ValueError:
+        return None
 
 
 def load_samples(store_dir: str | Path, refs: list[str]) -> np.ndarray:

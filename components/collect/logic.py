@@ -158,11 +158,12 @@ def collect_window(
     window_records, store_dir = Path(window_records), Path(store_dir)
     class_names = tuple(str(name) for name in class_names)
     try:
-        records, truncated = read_predictions(window_records)
+        records, truncated, broken = read_predictions(window_records)
     except ValueError as error:
         raise ImageDataError(str(error)) from error
-    if truncated:
-        raise ImageDataError(f"{window_records}: the last record is cut short; rerun the monitor stage")
+    if truncated or broken:
+        where = "the last record is" if truncated else f"line {broken[0]} is"
+        raise ImageDataError(f"{window_records}: {where} cut short; rerun the monitor stage")
     if not records:
         raise ImageDataError(f"{window_records}: the window holds no predictions; nothing to collect")
 

@@ -54,6 +54,7 @@ class MonitorResult:
         model_version: the champion version whose predictions form the window.
         reason: one sentence with the numbers behind the decision.
         truncated_tail: the log's last line was cut short (a writer died mid-line) and skipped.
+        broken_lines: earlier lines that were not JSON (interrupted records), skipped.
     """
 
     retrain: bool
@@ -65,6 +66,7 @@ class MonitorResult:
     model_version: str
     reason: str
     truncated_tail: bool = False
+    broken_lines: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,7 +105,7 @@ def check_yield(
         ValueError: a parameter is out of range.
     """
     _check_parameters(recent_window, yield_threshold, yield_drop_tolerance, yield_floor, confidence)
-    records, truncated = read_predictions(prediction_log)
+    records, truncated, broken = read_predictions(prediction_log)
     if not records:
         raise PredictionLogError(
             f"{prediction_log}: no complete prediction in the log; serve some traffic through the "
@@ -123,12 +125,13 @@ def check_yield(
     mode: Mode = "accuracy" if covered else "confidence"
     value = _yield(window, mode, confidence, feedback)
     measure = _describe(mode, confidence, len(window), version)
-    tail_note = "; the log's last line was cut short and skipped" if truncated else ""
+    tail_note = _skipped_note(truncated, broken)
 
     if not full:
         return MonitorResult(
             retrain=False, yield_value=value, baseline=None, threshold_used=yield_threshold, mode=mode,
             window_size=len(window), model_version=version, truncated_tail=truncated,
+            broken_lines=len(broken),
             reason=(
                 f"only {len(window)} of {recent_window} predictions by model version {version} so far "
                 f"(yield {value:.3f} as {measure}); waiting for a full window{tail_note}."
@@ -149,20 +152,30 @@ def check_yield(
     return MonitorResult(
         retrain=retrain, yield_value=value, baseline=baseline, threshold_used=threshold, mode=mode,
         window_size=len(window), model_version=version, truncated_tail=truncated,
+            broken_lines=len(broken),
         reason=f"yield {value:.3f} as {measure} {verdict}{tail_note}.",
     )
 
 
-def read_predictions(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """The log's complete records, checked field by field, and whether a truncated last line was
-    skipped. Errors name the file and the line."""
-    records, truncated = _read_jsonl(path, "prediction log")
+def read_predictions(path: Path) -> tuple[list[dict[str, Any]], bool, list[int]]:
+    """The log's complete records, checked field by field; whether a truncated last line was
+    skipped; and the numbers of earlier lines skipped as interrupted records. Errors name the
+    file and the line."""
+    records, truncated, broken = _read_jsonl(path, "prediction log")
     for number, record in enumerate(records, start=1):
         _check_record(record, path, number)
-    return records, truncated
+    return records, truncated, broken
 
 
-def _read_jsonl(path: Path, what: str) -> tuple[list[Any], bool]:
+def _skipped_note(truncated: bool, broken: list[int]) -> str:
+    notes = ["the log's last line was cut short and skipped"] if truncated else []
+    if broken:
+        shown = ", ".join(str(number) for number in broken[:5]) + (", ..." if len(broken) > 5 else "")
+        notes.append(f"{len(broken)} interrupted record(s) skipped (lines {shown})")
+    return "".join(f"; {note}" for note in notes)
+
+
+def _read_jsonl(path: Path, what: str) -> tuple[list[Any], bool, list[int]]:
     path = Path(path)
     if not path.is_file():
         raise PredictionLogError(f"{what} {path} does not exist")
@@ -172,7 +185,7 @@ def _read_jsonl(path: Path, what: str) -> tuple[list[Any], bool]:
         raise PredictionLogError(str(error)) from error
     except OSError as error:
         raise PredictionLogError(f"{what} {path}: cannot read ({error.strerror})") from error
-    return list(records), records.truncated_tail
+    return list(records), records.truncated_tail, records.broken_lines
 
 
 def _check_record(record: Any, path: Path, number: int) -> None:
@@ -196,7 +209,7 @@ def _check_record(record: Any, path: Path, number: int) -> None:
 def _read_feedback(path: Path) -> dict[tuple[str, int], int]:
     """Ground truth by (request_id, item); a later line for the same sample overrides an earlier
     one (a corrected label)."""
-    lines, _ = _read_jsonl(path, "feedback log")
+    lines, _, _ = _read_jsonl(path, "feedback log")
     feedback: dict[tuple[str, int], int] = {}
     for number, line in enumerate(lines, start=1):
         expected = 'expected {"request_id": str, "label": int >= 0} with an optional "item": int >= 0'

@@ -97,6 +97,13 @@ def write_whole(fd: int, data: bytes) -> None:
         raise OSError(f"short write to the prediction store: {written} of {len(data)} bytes")
 
 
+def _line_start(fd: int) -> bytes:
+    """A newline if the log does not end with one: a writer that died mid-line left a fragment,
+    and our records must not be glued onto it (the reader skips the fragment and reports it)."""
+    size = os.fstat(fd).st_size
+    return b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
+
+
 def error_body(message: str) -> str:
     return json.dumps({"error": message})
 
@@ -213,7 +220,9 @@ class PredictionLog:
         os.makedirs(os.path.join(self.store_dir, "samples"), exist_ok=True)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         self.sample_fd = os.open(os.path.join(self.store_dir, self.shard_ref), flags | os.O_EXCL, 0o644)
-        self.log_fd = os.open(os.path.join(self.store_dir, "predictions.jsonl"), flags, 0o644)
+        # Read access too: append() looks at the last byte to close a line a dead writer cut short.
+        self.log_fd = os.open(os.path.join(self.store_dir, "predictions.jsonl"),
+                              os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, request_id: str, images: np.ndarray, labels: list[int], names: list[str],
                confidences: list[float]) -> None:
@@ -236,4 +245,4 @@ class PredictionLog:
             }
             lines.append(json.dumps(record) + "\n")
         self.count += len(labels)
-        write_whole(self.log_fd, "".join(lines).encode("utf-8"))
+        write_whole(self.log_fd, _line_start(self.log_fd) + "".join(lines).encode("utf-8"))

@@ -143,12 +143,15 @@ def test_truncated_last_line_is_skipped_and_reported(prediction_store):
     assert result.reason.endswith("; the log's last line was cut short and skipped.")
 
 
-def test_broken_middle_line_names_file_and_line(prediction_store):
+def test_interrupted_record_in_the_middle_is_skipped_and_reported(prediction_store):
+    """A writer that died mid-line leaves a fragment, which the next writer closes: losing that
+    one prediction must not stop every later monitor run."""
     prediction_store.log_many([0.95] * 2)
     prediction_store.raw('{"request_id": "req-x", "time": 17000\n')
     prediction_store.log_many([0.95] * 2)
-    with pytest.raises(PredictionLogError, match=rf"^{prediction_store.log_path}:3: not a JSON record"):
-        run(prediction_store.log_path)
+    result = run(prediction_store.log_path)
+    assert (result.broken_lines, result.window_size, result.truncated_tail) == (1, 4, False)
+    assert result.reason.endswith("; 1 interrupted record(s) skipped (lines 3).")
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def test_retrain_started_shows_the_monitor_figures():
 def test_retrain_started_takes_the_monitor_result_figures():
     result = MonitorResult(retrain=True, yield_value=0.5, baseline=None, threshold_used=0.7, mode="accuracy",
                            window_size=10, model_version="2", reason="yield 0.500 < 0.700", truncated_tail=False)
-    figures = {k: v for k, v in result.to_dict().items() if k not in ("retrain", "truncated_tail")}
+    figures = {k: v for k, v in result.to_dict().items() if k not in ("retrain", "truncated_tail", "broken_lines")}
     message = retrain_started(**figures)
     assert message["text"] == "Retraining started: champion v2 yield 0.500 < 0.700"
     assert message["blocks"][1]["fields"][0]["text"] == "*Yield*\n0.500 (accuracy)"

@@ -24,6 +24,7 @@ from reliability_support import (
     stage_process,
 )
 from serving.client import TorchServeClient
+from serving.store import read_prediction_log
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -117,6 +118,10 @@ def test_slack_500_and_a_cut_short_log_line_do_not_stop_a_deploy(stack, boot, tm
     started_blocks = json.dumps(kept[0]["message"]["blocks"])
     assert "the log's last line was cut short and skipped" in started_blocks
     assert check_invariants(stack, boot.golden_set, answered, cut_short_tail=True) == "2"
+    more = len(play(stack, boot, drift=True, window=20))
+    records = read_prediction_log(stack.store_dir / "predictions.jsonl")
+    assert records.broken_lines == [answered + 1] and not records.truncated_tail, "the fragment was closed"
+    assert len(records) == answered + more, "no prediction after the fragment was lost"
 
 
 def test_train_killed_then_rerun_registers_one_version(stack, boot, tmp_path) -> None:

@@ -135,11 +135,25 @@ def test_store_reports_a_truncated_last_line(tmp_path: Path) -> None:
     log.write_text('{"label": 1}\n{"label": 2}\n{"lab')
     records = store.read_prediction_log(log)
     assert records == [{"label": 1}, {"label": 2}] and records.truncated_tail
-    log.write_text('{"label": 1}\nnot json\n')
-    with pytest.raises(store.PredictionStoreError, match="predictions.jsonl:2: not a JSON record"):
-        store.read_prediction_log(log)
+    log.write_text('{"label": 1}\n{"lab\n{"label": 3}\n')
+    records = store.read_prediction_log(log)
+    assert records == [{"label": 1}, {"label": 3}] and records.broken_lines == [2] and not records.truncated_tail
 
 
 def test_handler_and_store_agree_on_names() -> None:
     assert ctloop_handler_base.NPY_MAGIC == encode_batch(np.zeros((1, 1, 1), dtype=np.float32))[:6]
     assert store.LOG_NAME == "predictions.jsonl"
+
+
+def test_a_fragment_left_by_a_dead_writer_does_not_swallow_the_next_records(
+    model_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, random_images
+) -> None:
+    log = tmp_path / "store" / store.LOG_NAME
+    log.parent.mkdir()
+    log.write_text('{"request_id": "dead-worker", "ti')
+    monkeypatch.setenv("CTLOOP_STORE_DIR", str(tmp_path / "store"))
+    handler, context = loaded(ChampionHandler, model_files["champion"], tmp_path, "champion")
+    run(handler, context, [encode_batch(random_images(2, 4))])
+    records = store.read_prediction_log(log)
+    assert [record["item"] for record in records] == [0, 1]
+    assert records.broken_lines == [1] and not records.truncated_tail
