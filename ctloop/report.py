@@ -79,9 +79,15 @@ def _timeline_svg(timeline: list[tuple[int, float, str]], confidence: float, thr
     scale_x = width / max(len(confident), 1)
     parts = [f"<svg width='{width}' height='{height + 20}' xmlns='http://www.w3.org/2000/svg'>",
              f"<rect width='{width}' height='{height}' fill='#f8f9fa'/>"]
+    parts += [f"<text x='4' y='14' fill='#495057'>yield 1.0</text>",
+              f"<text x='4' y='{height - 6}' fill='#495057'>0.0</text>",
+              f"<text x='{width - 4}' y='{height - 6}' fill='#495057' text-anchor='end'>"
+              f"part position (rolling window of {window})</text>"]
     if threshold is not None:
         y = height * (1 - threshold)
         parts.append(f"<line x1='0' x2='{width}' y1='{y:.1f}' y2='{y:.1f}' stroke='#868e96' stroke-dasharray='4'/>")
+        parts.append(f"<text x='{width - 4}' y='{y - 4:.1f}' fill='#868e96' text-anchor='end'>"
+                     f"yield_threshold {threshold}</text>")
     for index, name in enumerate(names):
         points = [(i + window - 1, value) for i, value in enumerate(rolling) if timeline[i + window - 1][2] == name]
         path = " ".join(f"{x * scale_x:.1f},{height * (1 - value):.1f}" for x, value in points)
