@@ -27,7 +27,7 @@ import torch
 from fastapi import FastAPI, Request, Response
 
 from ctloop.modelfile import load_model
-from serving.server import free_ports
+from serving.server import free_port
 
 MODEL_ENV = "CTLOOP_BENCH_MODEL"
 KEY_ENV = "CTLOOP_BENCH_KEY"
@@ -110,7 +110,7 @@ class UvicornServer:
     def __init__(self, model_file: Path, workers: int, key: str, log_file: Path, start_timeout: float = 60.0) -> None:
         self.model_file, self.workers, self.key = model_file, workers, key
         self.log_file, self.start_timeout = log_file, start_timeout
-        self.port = free_ports().inference
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -16,11 +16,10 @@ from ctloop.config import PipelineConfig
 from ctloop.imagefolder import read_image_folder
 from ctloop.images import ImageSet
 from ctloop.modelfile import load_model
+from ctloop.models import ROLES
 from ctloop.stack import install_models, local_stack
 from ctloop.traffic import Traffic
 from kubeflow_pipeline.local_run import run_cycle
-
-ROLES = ("champion", "b1", "b2")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from serving.server import free_ports
+from serving.server import free_port
 
 
 class MlflowServerError(RuntimeError):
@@ -26,7 +26,7 @@ class MlflowServer:
 
     def __init__(self, work_dir: str | Path, port: int | None = None, start_timeout: float = 90.0) -> None:
         self.work_dir = Path(work_dir)
-        self.port = port or free_ports().inference
+        self.port = port or free_port()
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -49,13 +49,23 @@ class Ports:
     grpc_management: int
 
 
-def free_ports(count: int = len(PORT_NAMES)) -> Ports:
-    """Ports the OS reports free on 127.0.0.1 (held open together so they differ)."""
+def free_ports() -> Ports:
+    """A TorchServe instance's ports, all free on 127.0.0.1 and all different."""
+    return Ports(*_free_ports(len(PORT_NAMES)))
+
+
+def free_port() -> int:
+    """One port free on 127.0.0.1: for another server, or as a port nobody listens on."""
+    return _free_ports(1)[0]
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports the OS reports free (held open together so they differ)."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
-        return Ports(*(sock.getsockname()[1] for sock in sockets))
+        return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
             sock.close()

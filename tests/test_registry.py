@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from ctloop.mlflow_server import MlflowServer
 from ctloop.modelfile import ModelCard, load_model, save_model
 from ctloop.models import build_model
 from ctloop.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistryError
+from serving.server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_unreachable_server_fails_fast(
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(RegistryError, match=f"cannot reach the MLflow tracking server at {uri}"):
         registry.register_model_file("down", model_files[0], tracking_uri=uri)
@@ -231,9 +231,3 @@ def test_against_a_real_tracking_server(
     files = registry.download_version("served", second, tmp_path, mlflow_server)
     assert files.model_file.read_bytes() == model_file.read_bytes()
     assert files.train_set is not None and files.train_set.read_bytes() == train_set.read_bytes()
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import components.notify
 from components.monitor.logic import MonitorResult
 from components.notify.logic import deployed, not_deployed, retrain_started, run_failed, send
+from serving.server import free_port
 from slack_support import Receiver
 
 
@@ -24,10 +24,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def closed_port_url() -> str:
     """A loopback URL nobody listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/hook"
+    return f"http://127.0.0.1:{free_port()}/hook"
 
 
 def outbox_lines(path: Path) -> list[dict]:

@@ -7,7 +7,6 @@ MLflow alias points at an existing, downloadable version, one version per traini
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import threading
 import time
@@ -75,13 +74,6 @@ def _check_registry(tracking_uri: str) -> None:
         for version in sorted(existing, key=int):  # no orphan: every version has its files
             files = registry.download_version(REGISTERED_MODEL, version, Path(scratch) / version, tracking_uri)
             assert files.model_file.stat().st_size > 0 and files.train_set is not None
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def restart_torchserve(stack: LocalStack) -> None:

@@ -19,12 +19,12 @@ from reliability_support import (
     Watcher,
     champion_versions,
     check_invariants,
-    closed_port,
     restart_torchserve,
     stage_process,
 )
 from serving.client import TorchServeClient
 from serving.store import read_prediction_log
+from serving.server import free_port
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -85,7 +85,7 @@ def test_mlflow_unreachable_fails_the_run_cleanly(stack, boot, tmp_path, monkeyp
     answered = len(play(stack, boot, drift=True, window=WINDOW))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    down = f"http://127.0.0.1:{closed_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     run = cycle(dataclasses.replace(stack, tracking_uri=down), boot, tmp_path, SMALL)
     assert not run.succeeded
     assert run.task("collect-op").status == "FAILURE" and run.task("train-op") is None
