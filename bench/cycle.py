@@ -34,12 +34,12 @@ import numpy as np
 
 from bench.noop_component import build_noop_pipeline
 from bench.settings import BenchSettings
-from ctloop.bootstrap import BootstrapResult
+from ctloop_app.bootstrap import BootstrapResult
 from ctloop.images import ImageDataError, ImageSet, write_atomic
 from ctloop.simulator import DriftSpec, ProductionLine
-from ctloop.stack import LocalStack
-from ctloop.traffic import Traffic
-from kubeflow_pipeline.local_run import LocalRun, run_cycle, run_locally
+from ctloop_app.stack import LocalStack
+from ctloop_app.traffic import Traffic
+from ctloop_app.local_run import LocalRun, run_cycle, run_locally
 from kubeflow_pipeline.pipeline import STAGE_OF
 from serving.client import TorchServeClient, TorchServeError
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.load import Connect, Reply, http_connect
-from ctloop.stack import LocalStack
+from ctloop_app.stack import LocalStack
 from serving.archive import build_archive
 from serving.deploy import deploy
 

@@ -27,11 +27,11 @@ import torch
 from fastapi import FastAPI, Request, Response
 
 from ctloop.modelfile import load_model
+from ctloop.wire import NPY_MAGIC
 from serving.server import free_port
 
 MODEL_ENV = "CTLOOP_BENCH_MODEL"
 KEY_ENV = "CTLOOP_BENCH_KEY"
-NPY_MAGIC = b"\x93NUMPY"
 MAX_IMAGES = 256
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

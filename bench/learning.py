@@ -17,7 +17,7 @@ from torch import nn
 
 from bench.settings import BenchSettings
 from bench.timing import ratio
-from ctloop.bootstrap import BootstrapResult
+from ctloop_app.bootstrap import BootstrapResult
 from ctloop.drift import DriftKind, apply_drift
 from ctloop.images import ImageSet, stratified_split
 from ctloop.modelfile import load_model, predict_proba

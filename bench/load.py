@@ -20,9 +20,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ctloop.images import encode_batch
+from ctloop.wire import VERSION_HEADER, encode_batch
 
-VERSION_HEADER = "X-Ctloop-Model-Version"
 READY_TIMEOUT = 300.0  # seconds for every thread to finish its warm-up
 
 

@@ -33,10 +33,10 @@ from bench.report import markdown
 from bench.serving import bench_serving
 from bench.settings import FULL, TINY, BenchSettings
 from bench.timing import torch_threads
-from ctloop.bootstrap import bootstrap_digits
+from ctloop_app.bootstrap import bootstrap_digits
 from ctloop.images import ImageSet, write_atomic
 from ctloop.simulator import DriftSpec, ProductionLine
-from ctloop.stack import install_models, local_stack
+from ctloop_app.stack import install_models, local_stack
 
 DEFAULT_OUT = Path(__file__).with_name("results.json")
 DEFAULT_WORK = Path("runs/bench")

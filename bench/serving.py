@@ -26,7 +26,7 @@ from bench.fastapi_app import Predictor, UvicornServer
 from bench.load import Connect, Reply, Send, http_connect, run_load
 from bench.settings import BenchSettings, TorchServeSettings
 from bench.timing import ratio, torch_threads
-from ctloop.stack import LocalStack
+from ctloop_app.stack import LocalStack
 from serving.archive import build_archive
 
 MODEL_CONFIG = "model-config.yaml"

@@ -1,15 +1,20 @@
-"""The pipeline's parameters: one YAML file, checked once, with errors that name the key."""
+"""The pipeline's parameters: one YAML file, checked once, with errors that name the key.
+
+The reference defaults ship inside the package (`ctloop/ctloop.yaml`, read through
+importlib.resources), so an installed ctloop finds them wherever it runs.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "ctloop.yaml"
+DEFAULT_CONFIG_NAME = "ctloop.yaml"
 
 
 class ConfigError(ValueError):
@@ -60,11 +65,20 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG) -> PipelineConfig:
-    """Read and check a config file; unknown keys and bad values are errors naming the file."""
-    path = Path(path)
+def default_config_text() -> str:
+    """The shipped reference configuration, as YAML (a starting point for a user's own file)."""
+    return importlib.resources.files("ctloop").joinpath(DEFAULT_CONFIG_NAME).read_text()
+
+
+def load_config(path: str | Path | None = None) -> PipelineConfig:
+    """Read and check a config file (None: the shipped defaults); unknown keys and bad values are
+    errors naming the file."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        if path is None:
+            path, text = f"ctloop/{DEFAULT_CONFIG_NAME} (shipped defaults)", default_config_text()
+        else:
+            path, text = Path(path), Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror})") from error
     except yaml.YAMLError as error:

@@ -104,18 +104,6 @@ def stratified_split(labels: np.ndarray, val_ratio: float, seed: int) -> tuple[n
     return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64))
 
 
-def encode_batch(images: np.ndarray) -> bytes:
-    """Compact wire format for a batch: the .npy bytes of a float32 (N, H, W) array."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(images, dtype=np.float32), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def decode_batch(payload: bytes) -> np.ndarray:
-    """Inverse of encode_batch; never unpickles."""
-    return np.load(io.BytesIO(payload), allow_pickle=False)
-
-
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never half."""
     path = Path(path)

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ctloop.images import write_atomic
+from ctloop.wire import CARD_NAME
 
-CARD_NAME = "ctloop.json"
 
 
 class ModelFileError(ValueError):

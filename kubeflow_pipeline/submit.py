@@ -13,6 +13,7 @@ All calls go through `kfp.Client` to the v2beta1 REST API.
 from __future__ import annotations
 
 import json
+import importlib.resources
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ DEFAULT_EXPERIMENT = "ctloop"
 RECURRING_RUN_NAME = "ctloop-yield-check"
 DEFAULT_SCHEDULE = "0 0 * * * *"  # KFP cron has six fields (seconds first): hourly, on the hour
 DEFAULT_SERVICE_ACCOUNT = "ctloop-pipeline"  # k8s/base/rbac.yaml
-DEFAULT_PARAMS_FILE = Path(__file__).resolve().parent.parent / "k8s" / "pipeline-params.yaml"
+DEFAULT_PARAMS_NAME = "pipeline-params.yaml"  # package data: the cluster's run parameters
 
 
 class SubmitError(ValueError):
@@ -56,16 +57,19 @@ def compile_for_cluster(out: str | Path, images: ImageSettings, config: Pipeline
 
 
 def load_params(params_file: str | Path | None, overrides: Mapping[str, str] = ()) -> dict[str, Any]:
-    """Run parameters from a YAML mapping, then `KEY=VALUE` overrides (values parsed as YAML)."""
-    params: dict[str, Any] = {}
-    if params_file is not None:
-        try:
-            loaded = yaml.safe_load(Path(params_file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise SubmitError(f"cannot read parameters from {params_file}: {error}") from error
-        if not isinstance(loaded, dict):
-            raise SubmitError(f"{params_file}: expected a mapping of pipeline parameters, got {type(loaded).__name__}")
-        params.update(loaded)
+    """Run parameters from a YAML mapping (None: the shipped cluster parameters,
+    kubeflow_pipeline/pipeline-params.yaml), then `KEY=VALUE` overrides (values parsed as YAML)."""
+    try:
+        if params_file is None:
+            params_file = f"kubeflow_pipeline/{DEFAULT_PARAMS_NAME} (shipped)"
+            text = importlib.resources.files("kubeflow_pipeline").joinpath(DEFAULT_PARAMS_NAME).read_text()
+        else:
+            text = Path(params_file).read_text()
+        params = yaml.safe_load(text) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise SubmitError(f"cannot read parameters from {params_file}: {error}") from error
+    if not isinstance(params, dict):
+        raise SubmitError(f"{params_file}: expected a mapping of pipeline parameters, got {type(params).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:

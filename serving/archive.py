@@ -1,7 +1,8 @@
 """Model archives (.mar) for TorchServe, one per model version.
 
 The archive holds the TorchScript model file (as `model.pt`, which TorchServe's BaseHandler loads
-with torch.jit), the role's handler, the shared handler module and a model-config yaml. Its
+with torch.jit), the role's handler, the shared handler module, the wire contract (as
+`ctloop/wire.py`, the only part of ctloop the handlers import) and a model-config yaml. Its
 file name carries the version (`champion-v3.mar`) so several versions of one model can sit in
 the same model store; the model name inside is the serving name (`champion`, `b1`, `b2`, `eval`).
 """
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from ctloop import wire
 
 HANDLER_DIR = Path(__file__).with_name("handlers")
 SHARED_HANDLER = HANDLER_DIR / "ctloop_handler_base.py"
@@ -72,10 +75,20 @@ def build_archive(
         build_dir = Path(build)
         shutil.copyfile(model_file, build_dir / "model.pt")
         (build_dir / "model-config.yaml").write_text(model_config(workers, max_images_per_request))
+        _stage_extra_files(build_dir / "extra")
         _run_archiver(build_dir, role, str(version))
         target = out_dir / archive_name(role, str(version))
         (build_dir / f"{role}.mar").replace(target)
     return target
+
+
+def _stage_extra_files(extra: Path) -> None:
+    """The shared handler module and a `ctloop` package holding only the wire contract; the
+    archiver copies the folder's contents beside the handler."""
+    (extra / "ctloop").mkdir(parents=True)
+    shutil.copyfile(SHARED_HANDLER, extra / SHARED_HANDLER.name)
+    shutil.copyfile(wire.__file__, extra / "ctloop" / "wire.py")
+    (extra / "ctloop" / "__init__.py").write_text('"""ctloop\'s wire contract, shipped in a TorchServe archive."""\n')
 
 
 def _run_archiver(build_dir: Path, role: str, version: str) -> None:
@@ -85,7 +98,7 @@ def _run_archiver(build_dir: Path, role: str, version: str) -> None:
         "--version", version,
         "--serialized-file", str(build_dir / "model.pt"),
         "--handler", str(HANDLER_DIR / HANDLERS[role]),
-        "--extra-files", str(SHARED_HANDLER),
+        "--extra-files", str(build_dir / "extra"),
         "--config-file", str(build_dir / "model-config.yaml"),
         "--export-path", str(build_dir),
         "--archive-format", "default",

@@ -7,7 +7,6 @@ the management key goes with management calls, the inference key with prediction
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from ctloop.images import encode_batch
-
-CANARY_HEADER = "X-Ctloop-Canary"
-VERSION_HEADER = "X-Ctloop-Model-Version"
-REQUEST_ID_HEADER = "X-Ctloop-Request-ID"
+from ctloop import wire
+from ctloop.wire import CANARY_HEADER, NPY_CONTENT_TYPE, REQUEST_ID_HEADER, VERSION_HEADER, encode_batch
 
 
 class TorchServeError(RuntimeError):
@@ -136,7 +132,7 @@ class TorchServeClient:
     def predict_batch(self, model_name: str, images: np.ndarray, version: str | None = None) -> dict:
         """Branch or eval answer for a float32 (N, H, W) batch, sent as .npy."""
         answer = self._call("POST", self._prediction_url(model_name, version), "inference",
-                            data=encode_batch(images), headers={"Content-Type": "application/x-npy"})
+                            data=encode_batch(images), headers={"Content-Type": NPY_CONTENT_TYPE})
         return answer.json()
 
     def _prediction_url(self, model_name: str, version: str | None) -> str:
@@ -186,7 +182,7 @@ def client_from_env(inference_url: str, management_url: str) -> TorchServeClient
 def read_key_file(path: str | Path) -> dict[str, str]:
     """The management and inference keys from TorchServe's key_file.json."""
     try:
-        raw = json.loads(Path(path).read_text())
-        return {"management": raw["management"]["key"], "inference": raw["inference"]["key"]}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise TorchServeError(0, f"{path}: not a readable TorchServe key file ({error})") from error
+        keys = wire.read_keys(path)
+    except wire.WireError as error:
+        raise TorchServeError(0, str(error)) from error
+    return {"management": keys["management"], "inference": keys["inference"]}

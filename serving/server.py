@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -30,6 +29,8 @@ from types import FrameType
 
 import psutil
 import requests
+
+from ctloop import wire
 
 SHIPPED_CONFIG = Path(__file__).with_name("config.properties")
 SHIPPED_LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
@@ -140,7 +141,7 @@ class LocalTorchServe:
             directory.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "config.properties"
         config.write_text(instance_config(self.ports, self.model_store, self.config_overrides))
-        (self.work_dir / "key_file.json").unlink(missing_ok=True)
+        self.key_file.unlink(missing_ok=True)
         command = [
             str(Path(sys.executable).with_name("torchserve")), "--start", "--foreground",
             "--ts-config", str(config), "--model-store", str(self.model_store), "--ncs",
@@ -173,7 +174,7 @@ class LocalTorchServe:
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 raise TorchServeStartError(f"TorchServe exited at start; see {self.log_dir / 'stdout.log'}")
-            if (self.work_dir / "key_file.json").exists() and self._healthy():
+            if self.key_file.exists() and self._healthy():
                 return
             time.sleep(0.2)
         raise TorchServeStartError(f"TorchServe not healthy after {self.start_timeout:.0f}s; see {self.log_dir}")
@@ -192,12 +193,11 @@ class LocalTorchServe:
     @property
     def key_file(self) -> Path:
         """TorchServe's key_file.json; pipeline stages read it through CTLOOP_TS_KEY_FILE."""
-        return self.work_dir / "key_file.json"
+        return self.work_dir / wire.KEY_FILE_NAME
 
     def keys(self) -> dict[str, str]:
         """The current management, inference and API keys from `<work_dir>/key_file.json`."""
-        raw = json.loads((self.work_dir / "key_file.json").read_text())
-        return {name: raw[name]["key"] for name in ("management", "inference", "API")}
+        return wire.read_keys(self.key_file)
 
     def processes(self) -> list[psutil.Process]:
         """Live (non-zombie) processes of this instance: launcher, Java frontend, workers."""

@@ -11,17 +11,24 @@ Layout under the store directory (CTLOOP_STORE_DIR of the TorchServe workers):
 from __future__ import annotations
 
 import json
-import re
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-LOG_NAME = "predictions.jsonl"
-SHARD_PATTERN = re.compile(r"^samples/[^/#]+\.(\d+)x(\d+)\.f32$")
+from ctloop.wire import LOG_NAME, SHARD_PATTERN, record_problem
+
+__all__ = ["LOG_NAME", "SHARD_PATTERN", "PredictionLogError", "PredictionRecords", "PredictionStoreError",
+           "load_samples", "read_jsonl", "read_prediction_log", "read_predictions"]
 
 
 class PredictionStoreError(ValueError):
     """The store holds something the champion handler would never write."""
+
+
+class PredictionLogError(PredictionStoreError):
+    """A prediction or feedback log is missing or holds a record the handler would never write."""
 
 
 class PredictionRecords(list):
@@ -59,6 +66,40 @@ def _parse(line: bytes) -> object | None:
         return json.loads(line)
     except ValueError:
         return None
+
+
+def read_predictions(path: Path) -> tuple[list[dict[str, Any]], bool, list[int]]:
+    """The log's complete records, checked field by field; whether a truncated last line was
+    skipped; and the numbers of earlier lines skipped as interrupted records. Errors name the
+    file and the line."""
+    records, truncated, broken = read_jsonl(path, "prediction log")
+    for number, record in enumerate(records, start=1):
+        _check_record(record, path, number)
+    return records, truncated, broken
+
+
+def read_jsonl(path: Path, what: str) -> tuple[list[Any], bool, list[int]]:
+    """The JSON values of a log's complete lines (see read_prediction_log); `what` names the log
+    in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionLogError(f"{what} {path} does not exist")
+    try:
+        records = read_prediction_log(path)
+    except OSError as error:
+        raise PredictionLogError(f"{what} {path}: cannot read ({error.strerror})") from error
+    return list(records), records.truncated_tail, records.broken_lines
+
+
+def _check_record(record: Any, path: Path, number: int) -> None:
+    problem = record_problem(record)
+    if problem is not None:
+        raise PredictionLogError(f"{path}:{number}: {problem}")
+    item = record.get("item", 0)
+    if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+        raise PredictionLogError(f"{path}:{number}: 'item' must be an int >= 0, got {item!r}")
+    if not 0.0 <= record["confidence"] <= 1.0 or not math.isfinite(record["confidence"]):
+        raise PredictionLogError(f"{path}:{number}: 'confidence' must be in [0, 1], got {record['confidence']!r}")
 
 
 def load_samples(store_dir: str | Path, refs: list[str]) -> np.ndarray:

@@ -1,37 +1,19 @@
-"""Helpers for tests that run the whole pipeline against a local stack (TorchServe + MLflow).
-
-`boot` (bootstrapped digits models, once per session) and `stack` (a fresh stack per test, the
-champion as version 1) are fixtures: import them into a test module or a conftest to use them.
-"""
+"""Helpers for tests that run the whole pipeline against a local stack (TorchServe + MLflow);
+the `boot` and `stack` fixtures are in tests/conftest.py."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 from ctloop import registry
-from ctloop.bootstrap import BootstrapResult, bootstrap_digits
+from ctloop_app.bootstrap import BootstrapResult
 from ctloop.config import PipelineConfig
 from ctloop.images import ImageSet
 from ctloop.simulator import DriftSpec, ProductionLine
-from ctloop.stack import REGISTERED_MODEL, LocalStack, install_models, local_stack
-from ctloop.traffic import Answer, Traffic
-from kubeflow_pipeline.local_run import LocalRun, run_cycle
-
-
-@pytest.fixture(scope="session")
-def boot(tmp_path_factory: pytest.TempPathFactory) -> BootstrapResult:
-    return bootstrap_digits(tmp_path_factory.mktemp("bootstrap"), seed=0, progress=False)
-
-
-@pytest.fixture
-def stack(boot: BootstrapResult, tmp_path: Path) -> Iterator[LocalStack]:
-    with local_stack(tmp_path / "stack", mlflow_server=False) as started:
-        install_models(started, boot.model_files, boot.train_set)
-        yield started
+from ctloop_app.stack import REGISTERED_MODEL, LocalStack
+from ctloop_app.traffic import Answer, Traffic
+from ctloop_app.local_run import LocalRun, run_cycle
 
 
 def play(stack: LocalStack, boot: BootstrapResult, drift: bool, window: int,

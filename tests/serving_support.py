@@ -6,8 +6,6 @@ untrained models are enough.
 
 from __future__ import annotations
 
-import gc
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +15,6 @@ from ctloop.models import build_model
 from serving.archive import build_archive
 from serving.client import TorchServeClient
 from serving.server import LocalTorchServe
-
-with warnings.catch_warnings():
-    # ts/version.py (TorchServe 0.12) leaves version.txt open; collect it here so its
-    # ResourceWarning does not surface later as an unrelated test's failure.
-    warnings.simplefilter("ignore", ResourceWarning)
-    import ts.version  # noqa: F401
-
-    gc.collect()
 
 CLASS_NAMES = tuple(f"digit-{index}" for index in range(10))
 IMAGE_SIZE = (8, 8)

@@ -43,7 +43,7 @@ def analyze_op(
     import tempfile
     from pathlib import Path
 
-    from components.alerts import alert_on_failure
+    from ctloop.alerts import alert_on_failure
     from components.analyze.logic import analyze
     from ctloop import registry
 

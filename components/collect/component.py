@@ -30,7 +30,7 @@ def collect_op(
     from collections import namedtuple
     from pathlib import Path
 
-    from components.alerts import alert_on_failure
+    from ctloop.alerts import alert_on_failure
     from components.collect.logic import collect_window
     from ctloop import registry
     from ctloop.images import ImageSet

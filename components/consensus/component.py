@@ -40,7 +40,7 @@ def consensus_op(
     from collections import namedtuple
     from pathlib import Path
 
-    from components.alerts import alert_on_failure
+    from ctloop.alerts import alert_on_failure
     from components.consensus.logic import consensus_filter
     from serving.client import client_from_env
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from components.collect.logic import UNLABELLED, CollectedSet
+from ctloop.collected import UNLABELLED, CollectedSet
 from ctloop.images import ImageSet, stratified_split, write_atomic
 from serving.client import TorchServeClient, TorchServeError
 

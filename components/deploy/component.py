@@ -36,7 +36,7 @@ def deploy_op(
     from collections import namedtuple
     from pathlib import Path
 
-    from components.alerts import alert_on_failure
+    from ctloop.alerts import alert_on_failure
     from components.deploy.logic import deploy_challenger
     from serving.client import client_from_env
 

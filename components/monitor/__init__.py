@@ -1,5 +1,5 @@
 """monitor: does the champion's recent yield call for retraining?"""
 
-from components.monitor.logic import MonitorResult, PredictionLogError, check_yield, read_predictions
+from components.monitor.logic import MonitorResult, PredictionLogError, check_yield
 
-__all__ = ["MonitorResult", "PredictionLogError", "check_yield", "read_predictions"]
+__all__ = ["MonitorResult", "PredictionLogError", "check_yield"]

@@ -34,7 +34,7 @@ def monitor_op(
     import json
     from pathlib import Path
 
-    from components.alerts import alert_on_failure
+    from ctloop.alerts import alert_on_failure
     from components.monitor.logic import check_yield
 
     with alert_on_failure("monitor", run_name):

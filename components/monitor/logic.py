@@ -12,32 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ctloop.images import write_atomic
-from serving.store import PredictionStoreError, read_prediction_log
+from serving.store import PredictionLogError, read_jsonl, read_predictions
 
-__all__ = ["MonitorResult", "PredictionLogError", "check_yield", "read_predictions"]
+__all__ = ["MonitorResult", "PredictionLogError", "check_yield"]
 
 Mode = Literal["confidence", "accuracy"]
-
-# Field -> accepted types of a prediction record; `item` (position in a batch request) is optional.
-_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
-    "request_id": (str,),
-    "model_version": (str,),
-    "label": (int,),
-    "confidence": (int, float),
-    "sample": (str,),
-}
-
-
-class PredictionLogError(ValueError):
-    """A prediction or feedback log is missing or holds a record the handler would never write."""
-
 
 @dataclass(frozen=True)
 class MonitorResult:
@@ -157,16 +142,6 @@ def check_yield(
     )
 
 
-def read_predictions(path: Path) -> tuple[list[dict[str, Any]], bool, list[int]]:
-    """The log's complete records, checked field by field; whether a truncated last line was
-    skipped; and the numbers of earlier lines skipped as interrupted records. Errors name the
-    file and the line."""
-    records, truncated, broken = _read_jsonl(path, "prediction log")
-    for number, record in enumerate(records, start=1):
-        _check_record(record, path, number)
-    return records, truncated, broken
-
-
 def _skipped_note(truncated: bool, broken: list[int]) -> str:
     notes = ["the log's last line was cut short and skipped"] if truncated else []
     if broken:
@@ -175,41 +150,10 @@ def _skipped_note(truncated: bool, broken: list[int]) -> str:
     return "".join(f"; {note}" for note in notes)
 
 
-def _read_jsonl(path: Path, what: str) -> tuple[list[Any], bool, list[int]]:
-    path = Path(path)
-    if not path.is_file():
-        raise PredictionLogError(f"{what} {path} does not exist")
-    try:
-        records = read_prediction_log(path)
-    except PredictionStoreError as error:
-        raise PredictionLogError(str(error)) from error
-    except OSError as error:
-        raise PredictionLogError(f"{what} {path}: cannot read ({error.strerror})") from error
-    return list(records), records.truncated_tail, records.broken_lines
-
-
-def _check_record(record: Any, path: Path, number: int) -> None:
-    if not isinstance(record, dict):
-        raise PredictionLogError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-    for field, types in _RECORD_FIELDS.items():
-        value = record.get(field)
-        if value is None:
-            raise PredictionLogError(f"{path}:{number}: prediction record has no {field!r}")
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise PredictionLogError(
-                f"{path}:{number}: {field!r} must be {' or '.join(t.__name__ for t in types)}, got {value!r}"
-            )
-    item = record.get("item", 0)
-    if isinstance(item, bool) or not isinstance(item, int) or item < 0:
-        raise PredictionLogError(f"{path}:{number}: 'item' must be an int >= 0, got {item!r}")
-    if not 0.0 <= record["confidence"] <= 1.0 or not math.isfinite(record["confidence"]):
-        raise PredictionLogError(f"{path}:{number}: 'confidence' must be in [0, 1], got {record['confidence']!r}")
-
-
 def _read_feedback(path: Path) -> dict[tuple[str, int], int]:
     """Ground truth by (request_id, item); a later line for the same sample overrides an earlier
     one (a corrected label)."""
-    lines, _, _ = _read_jsonl(path, "feedback log")
+    lines, _, _ = read_jsonl(path, "feedback log")
     feedback: dict[tuple[str, int], int] = {}
     for number, line in enumerate(lines, start=1):
         expected = 'expected {"request_id": str, "label": int >= 0} with an optional "item": int >= 0'

@@ -1,5 +1,5 @@
-"""notify: Slack Block Kit messages about a run, with a local outbox when Slack is unavailable."""
+"""notify: the Slack messages of a run (retraining started, deployed, not deployed)."""
 
-from components.notify.logic import Delivery, deployed, not_deployed, retrain_started, run_failed, send
+from components.notify.logic import deployed, not_deployed, retrain_started
 
-__all__ = ["Delivery", "deployed", "not_deployed", "retrain_started", "run_failed", "send"]
+__all__ = ["deployed", "not_deployed", "retrain_started"]

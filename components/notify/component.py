@@ -13,7 +13,7 @@ def notify_retrain_op(decision: Input[Artifact], run_name: str):
     import json
     from pathlib import Path
 
-    from components.alerts import deliver
+    from ctloop.alerts import deliver
     from components.notify.logic import retrain_started
 
     figures = json.loads(Path(decision.path).read_text())
@@ -34,7 +34,7 @@ def notify_deployed_op(old_version: str, new_version: str, decision: Input[Artif
     import json
     from pathlib import Path
 
-    from components.alerts import deliver
+    from ctloop.alerts import deliver
     from components.notify.logic import deployed
 
     deltas = json.loads(Path(decision.path).read_text())["deltas"]
@@ -51,7 +51,7 @@ def notify_not_deployed_op(decision: Input[Artifact], run_name: str):
     import json
     from pathlib import Path
 
-    from components.alerts import deliver
+    from ctloop.alerts import deliver
     from components.notify.logic import not_deployed
 
     deliver(not_deployed(json.loads(Path(decision.path).read_text())["reasons"], run_name=run_name))
@@ -64,8 +64,8 @@ def notify_run_end_op(status: PipelineTaskFinalStatus, run_name: str):
         status: Kubeflow's final status of the pipeline's tasks.
         run_name: the pipeline run.
     """
-    from components.alerts import deliver
-    from components.notify.logic import run_failed
+    from ctloop.alerts import deliver
+    from ctloop.alerts import run_failed
 
     print(f"run {run_name}: {status.state}")
     if status.state != "SUCCEEDED":

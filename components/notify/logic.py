@@ -1,62 +1,18 @@
-"""notify: Slack Block Kit messages about a run, posted through an incoming webhook.
+"""notify: the Slack messages of a run, as Block Kit: retraining started, deployed, not deployed.
 
-The builders return `{"text": fallback, "blocks": [...]}`, the body of a webhook post. `send`
-posts it when a webhook URL is given, retrying server errors and connection failures a few times
-with a short backoff; when no URL is given or Slack stays unreachable, the message is appended
-to a local outbox (one JSON line per message) and summarised on the console. A Slack failure
-never raises: notifying must not fail the pipeline. The caller reads SLACK_WEBHOOK_URL.
+Each builder returns `{"text": fallback, "blocks": [...]}`, the body of a webhook post, which
+`ctloop.alerts.deliver` sends (the run-failed message is ctloop.alerts.run_failed: every stage
+sends it when it fails).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from http.client import HTTPException
-from pathlib import Path
-from typing import Any
 
-from slack_sdk.http_retry.handler import RetryHandler
-from slack_sdk.http_retry.interval_calculator import RetryIntervalCalculator
-from slack_sdk.http_retry.request import HttpRequest
-from slack_sdk.http_retry.response import HttpResponse
-from slack_sdk.http_retry.state import RetryState
-from slack_sdk.webhook import WebhookClient
+from ctloop import slack
+from ctloop.slack import Message
 
-__all__ = ["Delivery", "deployed", "not_deployed", "retrain_started", "run_failed", "send"]
-
-Message = dict[str, Any]
-
-_SECTION_LIMIT = 3000  # characters of a section's text (Slack's limit)
-_HEADER_LIMIT = 150  # characters of a header's plain text (Slack's limit)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """Where a message went.
-
-    Attributes:
-        ok: the message reached Slack, or (with no URL given) the outbox; False when Slack or the
-            outbox failed.
-        channel: "slack" or "outbox".
-        attempts: HTTP attempts made (0 when no URL was given).
-        reason: why it did not reach Slack, or "" when it did.
-        outbox: the outbox file the message was appended to, if it was.
-    """
-
-    ok: bool
-    channel: str
-    attempts: int
-    reason: str
-    outbox: Path | None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["outbox"] = None if self.outbox is None else str(self.outbox)
-        return data
+__all__ = ["deployed", "not_deployed", "retrain_started"]
 
 
 def retrain_started(
@@ -93,10 +49,10 @@ def retrain_started(
     text = f"Retraining started: champion v{model_version} yield {yield_value:.3f}"
     if threshold_used is not None:
         text += f" < {threshold_used:.3f}"
-    blocks = [_header("Retraining started"), _fields(fields)]
+    blocks = [slack.header("Retraining started"), slack.fields(fields)]
     if reason:
-        blocks.append(_section(_escape(reason)))
-    return _message(text, blocks, run_name)
+        blocks.append(slack.section(slack.escape(reason)))
+    return slack.message(text, blocks, run_name)
 
 
 def deployed(
@@ -114,14 +70,14 @@ def deployed(
         run_name: the pipeline run, shown as context.
     """
     text = f"Deployed champion v{new_version} (was v{old_version})"
-    lines = [f"*{_escape(name)}*: {delta:+.3f}" for name, delta in metric_deltas.items()]
+    lines = [f"*{slack.escape(name)}*: {delta:+.3f}" for name, delta in metric_deltas.items()]
     blocks = [
-        _header("New champion deployed"),
-        _section(f"*v{_escape(old_version)}* \u2192 *v{_escape(new_version)}*"),
+        slack.header("New champion deployed"),
+        slack.section(f"*v{slack.escape(old_version)}* \u2192 *v{slack.escape(new_version)}*"),
     ]
     if lines:
-        blocks.append(_section(_clip("\n".join(lines))))
-    return _message(text, blocks, run_name)
+        blocks.append(slack.section(slack.clip("\n".join(lines))))
+    return slack.message(text, blocks, run_name)
 
 
 def not_deployed(reasons: Sequence[str], run_name: str | None = None) -> Message:
@@ -132,143 +88,6 @@ def not_deployed(reasons: Sequence[str], run_name: str | None = None) -> Message
         run_name: the pipeline run, shown as context.
     """
     text = f"Challenger not deployed: {' '.join(reasons) or 'no reason given'}"
-    bullets = "\n".join(f"\u2022 {_escape(reason)}" for reason in reasons) or "no reason given"
-    blocks = [_header("Challenger not deployed"), _section(_clip(bullets))]
-    return _message(text, blocks, run_name)
-
-
-def run_failed(stage: str, error: str, run_name: str | None = None) -> Message:
-    """A stage failed and the run stopped; the champion is unchanged.
-
-    Args:
-        stage: the stage that failed.
-        error: its error message.
-        run_name: the pipeline run, shown as context.
-    """
-    text = f"Run failed in stage {stage}: {error.splitlines()[0] if error else 'no message'}"
-    code = _clip(_escape(error.replace("```", "'''")) or "no message", _SECTION_LIMIT - 8)
-    blocks = [
-        _header(f"Run failed: {stage}"),
-        _section(f"Stage *{_escape(stage)}* failed; the champion is unchanged."),
-        _section(f"```{code}```"),
-    ]
-    return _message(text, blocks, run_name)
-
-
-def send(
-    message: Message,
-    webhook_url: str | None,
-    outbox: Path,
-    *,
-    retries: int = 2,
-    backoff_seconds: float = 0.5,
-    timeout_seconds: float = 10.0,
-) -> Delivery:
-    """Post a message to Slack, or keep it in the outbox; never raises because of Slack.
-
-    Args:
-        message: a builder's `{"text": ..., "blocks": [...]}`.
-        webhook_url: the Slack incoming-webhook URL; None or "": outbox only.
-        outbox: JSON-lines file the message is appended to when it does not reach Slack.
-        retries: further attempts after a 5xx answer or a connection failure.
-        backoff_seconds: wait before the first retry, doubled for each further one.
-        timeout_seconds: per-attempt HTTP timeout.
-
-    Returns:
-        Where the message went and, when not to Slack, why.
-    """
-    if not webhook_url:
-        return _to_outbox(message, Path(outbox), "no Slack webhook URL given", attempts=0, slack_failed=False)
-    retry = _TransientErrorRetry(max_retry_count=retries, interval_calculator=_Doubling(backoff_seconds))
-    client = WebhookClient(webhook_url, timeout=int(max(1, timeout_seconds)), retry_handlers=[retry])
-    try:
-        response = client.send_dict(message)
-    except (OSError, HTTPException, ValueError) as error:
-        reason = f"Slack unreachable after {retry.attempts} attempts ({error})"
-        return _to_outbox(message, Path(outbox), reason, attempts=retry.attempts, slack_failed=True)
-    if response.status_code == 200:
-        return Delivery(ok=True, channel="slack", attempts=retry.attempts, reason="", outbox=None)
-    reason = f"Slack answered {response.status_code} {response.body!r} after {retry.attempts} attempts"
-    return _to_outbox(message, Path(outbox), reason, attempts=retry.attempts, slack_failed=True)
-
-
-class _Doubling(RetryIntervalCalculator):
-    """backoff, 2*backoff, 4*backoff, ... without jitter (a few retries, one client)."""
-
-    def __init__(self, backoff_seconds: float) -> None:
-        self.backoff_seconds = backoff_seconds
-
-    def calculate_sleep_duration(self, current_attempt: int) -> float:
-        return self.backoff_seconds * 2**current_attempt
-
-
-class _TransientErrorRetry(RetryHandler):
-    """Retry any 5xx answer and any failure to connect or read; count the attempts made."""
-
-    def __init__(self, max_retry_count: int, interval_calculator: RetryIntervalCalculator) -> None:
-        super().__init__(max_retry_count=max_retry_count, interval_calculator=interval_calculator)
-        self.attempts = 1
-
-    def _can_retry(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        if response is not None:
-            return 500 <= response.status_code < 600
-        return isinstance(error, (OSError, HTTPException))
-
-    def prepare_for_next_attempt(self, **kwargs: Any) -> None:
-        super().prepare_for_next_attempt(**kwargs)
-        self.attempts += 1
-
-
-def _to_outbox(message: Message, outbox: Path, reason: str, attempts: int, slack_failed: bool) -> Delivery:
-    line = json.dumps({"time": time.time(), "reason": reason, "message": message}) + "\n"
-    summary = message.get("text", "").splitlines()[0] if message.get("text") else "(no text)"
-    try:
-        outbox.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(outbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode("utf-8"))
-        finally:
-            os.close(fd)
-    except OSError as error:
-        reason = f"{reason}; outbox {outbox} not writable ({error.strerror})"
-        print(f"[notify] NOT DELIVERED ({reason}): {summary}", flush=True)
-        return Delivery(ok=False, channel="outbox", attempts=attempts, reason=reason, outbox=None)
-    print(f"[notify] outbox {outbox} ({reason}): {summary}", flush=True)
-    return Delivery(ok=not slack_failed, channel="outbox", attempts=attempts, reason=reason, outbox=outbox)
-
-
-def _message(text: str, blocks: list[dict[str, Any]], run_name: str | None) -> Message:
-    if run_name:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"run {_escape(run_name)}"}]})
-    return {"text": text, "blocks": blocks}
-
-
-def _header(text: str) -> dict[str, Any]:
-    return {"type": "header", "text": {"type": "plain_text", "text": _clip(text, _HEADER_LIMIT)}}
-
-
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text)}}
-
-
-def _fields(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    return {
-        "type": "section",
-        "fields": [{"type": "mrkdwn", "text": f"*{name}*\n{_escape(value)}"} for name, value in pairs[:10]],
-    }
-
-
-def _escape(text: str) -> str:
-    """Slack mrkdwn treats &, < and > as control characters."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _clip(text: str, limit: int = _SECTION_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    bullets = "\n".join(f"\u2022 {slack.escape(reason)}" for reason in reasons) or "no reason given"
+    blocks = [slack.header("Challenger not deployed"), slack.section(slack.clip(bullets))]
+    return slack.message(text, blocks, run_name)

@@ -32,7 +32,7 @@ def train_op(
     from collections import namedtuple
     from pathlib import Path
 
-    from components.alerts import alert_on_failure
+    from ctloop.alerts import alert_on_failure
     from components.train.logic import train_challenger
 
     with alert_on_failure("train", run_name):

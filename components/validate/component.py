@@ -25,7 +25,7 @@ def validate_op(
     """
     from pathlib import Path
 
-    from components.alerts import alert_on_failure
+    from ctloop.alerts import alert_on_failure
     from components.validate.logic import validate_collected
 
     with alert_on_failure("validate", run_name):

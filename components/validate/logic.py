@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from components.collect.logic import UNLABELLED, CollectedSet
+from ctloop.collected import UNLABELLED, CollectedSet
 from ctloop.images import ImageDataError, write_atomic
 
 __all__ = ["Check", "ValidationError", "ValidationReport", "validate_collected"]

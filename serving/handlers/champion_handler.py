@@ -18,11 +18,11 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ctloop_handler_base import NPY_MAGIC, CtloopHandler, Outcome, PredictionLog, RequestError
+from ctloop_handler_base import CtloopHandler, Outcome, PredictionLog, RequestError
+
+from ctloop.wire import CANARY_HEADER, NPY_MAGIC, REQUEST_ID_HEADER, VERSION_HEADER
 
 IMAGE_MAGICS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
-CANARY_HEADER = "X-Ctloop-Canary"
-REQUEST_ID_HEADER = "X-Ctloop-Request-ID"
 
 
 class ChampionHandler(CtloopHandler):
@@ -60,7 +60,7 @@ class ChampionHandler(CtloopHandler):
         names = [self.class_names[label] for label in labels]
         confidences = [float(row[label]) for row, label in zip(outcome.probabilities, labels)]
         request_id = self.request_header(idx, REQUEST_ID_HEADER) or self.context.get_request_id(idx)
-        self.context.set_response_header(idx, "X-Ctloop-Model-Version", self.model_version)
+        self.context.set_response_header(idx, VERSION_HEADER, self.model_version)
         self.context.set_response_header(idx, REQUEST_ID_HEADER, request_id)
         if self.log is not None and self.request_header(idx, CANARY_HEADER) != "1":
             self.log.append(request_id, outcome.images, labels, names, confidences)

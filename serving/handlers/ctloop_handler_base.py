@@ -1,10 +1,8 @@
 """Shared code of the ctloop TorchServe handlers, shipped in every .mar via --extra-files.
 
-Runs inside TorchServe's worker processes, so it must not import ctloop: an archive has to work
-in the official TorchServe image with nothing but torch, numpy and pillow. The conventions it
-mirrors (grey float32 (N, H, W) in [0, 1], .npy wire format, the `ctloop.json` card inside the
-TorchScript file, the prediction-log layout of serving/store.py) are checked against ctloop's own
-code by tests/serving.
+Runs inside TorchServe's worker processes, which have torch, numpy and pillow but not ctloop:
+of ctloop it imports only `ctloop.wire`, the wire contract (headers, the .npy codec, the
+prediction record, the store's layout, the card's name), which the archive ships beside it.
 
 A request that is wrong gets its own 400 with `{"error": ...}`; the other requests of the same
 TorchServe batch are answered normally and the worker keeps serving.
@@ -12,7 +10,6 @@ TorchServe batch are answered normally and the worker keeps serving.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -23,8 +20,8 @@ import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-CARD_NAME = "ctloop.json"
-NPY_MAGIC = b"\x93NUMPY"
+from ctloop import wire
+
 DEFAULT_MAX_IMAGES = 256
 
 
@@ -72,11 +69,11 @@ def check_batch(images: np.ndarray, size: tuple[int, int], max_images: int) -> n
 
 
 def decode_npy(payload: bytes) -> np.ndarray:
-    """The .npy wire format of ctloop.images.encode_batch; never unpickles."""
+    """The .npy batch format of ctloop.wire; never unpickles."""
     try:
-        return np.load(io.BytesIO(payload), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise RequestError(f"unreadable .npy batch ({error}); send ctloop.images.encode_batch bytes") from error
+        return wire.decode_batch(payload)
+    except wire.WireError as error:
+        raise RequestError(str(error)) from error
 
 
 def request_body(request: dict) -> object:
@@ -132,13 +129,13 @@ class CtloopHandler(BaseHandler):
 
     def _load_torchscript_model(self, model_pt_path: str) -> torch.jit.ScriptModule:
         """Load the model and its card; a file without a card is not a ctloop model."""
-        extra = {CARD_NAME: ""}
+        extra = {wire.CARD_NAME: ""}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             model = torch.jit.load(model_pt_path, map_location=self.device, _extra_files=extra)
-        if not extra[CARD_NAME]:
-            raise RuntimeError(f"{model_pt_path}: no {CARD_NAME} card; not a ctloop model file")
-        self.card = json.loads(extra[CARD_NAME])
+        if not extra[wire.CARD_NAME]:
+            raise RuntimeError(f"{model_pt_path}: no {wire.CARD_NAME} card; not a ctloop model file")
+        self.card = json.loads(extra[wire.CARD_NAME])
         return model
 
     def preprocess(self, data: list[dict]) -> list[Outcome]:
@@ -153,10 +150,10 @@ class CtloopHandler(BaseHandler):
 
     def decode(self, body: object) -> np.ndarray:
         """Branch and eval models take only the compact .npy batch."""
-        if isinstance(body, (bytes, bytearray)) and bytes(body[:6]) == NPY_MAGIC:
+        if isinstance(body, (bytes, bytearray)) and bytes(body[:6]) == wire.NPY_MAGIC:
             images = decode_npy(bytes(body))
             return images[None] if images.ndim == 2 else images
-        raise RequestError("expected a .npy batch (ctloop.images.encode_batch), content-type application/x-npy")
+        raise RequestError(f"expected a .npy batch (ctloop.wire.encode_batch), content-type {wire.NPY_CONTENT_TYPE}")
 
     def inference(self, outcomes: list[Outcome]) -> list[Outcome]:
         accepted = [outcome.images for outcome in outcomes if outcome.error is None]
@@ -199,9 +196,9 @@ class CtloopHandler(BaseHandler):
 class PredictionLog:
     """Append-only prediction log and per-worker sample shard under a store directory.
 
-    Layout (read by serving/store.py): `<store>/predictions.jsonl`, one JSON object per line,
-    shared by all workers; `<store>/samples/<shard>.<H>x<W>.f32`, raw float32 records of H*W
-    values, one file per worker process. Each append is a single os.write on an O_APPEND fd, so
+    Layout (ctloop.wire, read by serving/store.py): `<store>/predictions.jsonl`, one JSON object
+    per line, shared by all workers; `<store>/samples/<shard>.<H>x<W>.f32`, raw float32 records
+    of H*W values, one file per worker process. Each append is a single os.write on an O_APPEND fd, so
     concurrent workers never interleave partial lines, and a sample is written before the line
     that references it.
     """
@@ -209,19 +206,18 @@ class PredictionLog:
     def __init__(self, store_dir: str, model_name: str, model_version: str, size: tuple[int, int]) -> None:
         self.store_dir = store_dir
         self.model_name, self.model_version = model_name, model_version
-        shard = f"{model_name}-v{model_version}-{os.getpid()}-{time.time_ns()}.{size[0]}x{size[1]}.f32"
-        self.shard_ref = f"samples/{shard}"
+        self.shard_ref = wire.shard_name(model_name, model_version, f"{os.getpid()}-{time.time_ns()}", size)
         self.sample_fd: int | None = None
         self.log_fd: int | None = None
         self.count = 0
 
     def _open(self) -> None:
         """Opened at the first prediction, so workers that never answer leave no empty shard."""
-        os.makedirs(os.path.join(self.store_dir, "samples"), exist_ok=True)
+        os.makedirs(os.path.join(self.store_dir, wire.SAMPLES_DIR), exist_ok=True)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         self.sample_fd = os.open(os.path.join(self.store_dir, self.shard_ref), flags | os.O_EXCL, 0o644)
         # Read access too: append() looks at the last byte to close a line a dead writer cut short.
-        self.log_fd = os.open(os.path.join(self.store_dir, "predictions.jsonl"),
+        self.log_fd = os.open(os.path.join(self.store_dir, wire.LOG_NAME),
                               os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, request_id: str, images: np.ndarray, labels: list[int], names: list[str],
@@ -232,17 +228,8 @@ class PredictionLog:
         now = time.time()
         lines = []
         for item, (label, name, confidence) in enumerate(zip(labels, names, confidences)):
-            record = {
-                "request_id": request_id,
-                "time": now,
-                "model_name": self.model_name,
-                "model_version": self.model_version,
-                "item": item,
-                "label": label,
-                "class_name": name,
-                "confidence": confidence,
-                "sample": f"{self.shard_ref}#{self.count + item}",
-            }
+            record = wire.prediction_record(request_id, now, self.model_name, self.model_version, item, label,
+                                            name, confidence, f"{self.shard_ref}#{self.count + item}")
             lines.append(json.dumps(record) + "\n")
         self.count += len(labels)
         write_whole(self.log_fd, _line_start(self.log_fd) + "".join(lines).encode("utf-8"))

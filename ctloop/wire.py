@@ -1,0 +1,99 @@
+"""The wire contract between TorchServe's handlers and everything that talks to them or reads
+what they write: request headers, the `.npy` batch codec, the prediction record and the
+prediction store's layout, and TorchServe's key file.
+
+It is the one module both sides import. The archive builder (serving/archive.py) ships this file
+inside every `.mar`, so the handlers run it in TorchServe's workers without the rest of ctloop:
+it imports nothing but the standard library and numpy.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Request headers a client may send, and the answer's headers.
+CANARY_HEADER = "X-Ctloop-Canary"  # "1": a deploy smoke test, answered but not logged
+REQUEST_ID_HEADER = "X-Ctloop-Request-ID"  # the client's name for a request; echoed in the answer
+VERSION_HEADER = "X-Ctloop-Model-Version"  # the model version that answered
+NPY_CONTENT_TYPE = "application/x-npy"
+
+NPY_MAGIC = b"\x93NUMPY"
+CARD_NAME = "ctloop.json"  # the model card's name inside a TorchScript file (ctloop.modelfile)
+
+# The prediction store: one log shared by the champion's workers, one sample shard per worker.
+LOG_NAME = "predictions.jsonl"
+SAMPLES_DIR = "samples"
+SHARD_PATTERN = re.compile(r"^samples/[^/#]+\.(\d+)x(\d+)\.f32$")
+
+# Field -> accepted types of a prediction record; every record also has `time`, `model_name`,
+# `item` (position in its request) and `class_name`, which readers do not rely on.
+RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "request_id": (str,),
+    "model_version": (str,),
+    "label": (int,),
+    "confidence": (int, float),
+    "sample": (str,),
+}
+
+KEY_FILE_NAME = "key_file.json"
+KEY_NAMES = ("management", "inference", "API")
+
+
+class WireError(ValueError):
+    """Bytes or a file that do not follow this contract; the message says what was expected."""
+
+
+def encode_batch(images: np.ndarray) -> bytes:
+    """The compact batch format: the .npy bytes of a float32 (N, H, W) array."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(images, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_batch(payload: bytes) -> np.ndarray:
+    """Inverse of encode_batch; never unpickles."""
+    try:
+        return np.load(io.BytesIO(payload), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise WireError(f"unreadable .npy batch ({error}); send ctloop.wire.encode_batch bytes") from error
+
+
+def shard_name(model_name: str, model_version: str, writer: str, size: tuple[int, int]) -> str:
+    """A sample shard's reference, `samples/<model>-v<version>-<writer>.<H>x<W>.f32`."""
+    return f"{SAMPLES_DIR}/{model_name}-v{model_version}-{writer}.{size[0]}x{size[1]}.f32"
+
+
+def prediction_record(request_id: str, time: float, model_name: str, model_version: str, item: int,
+                      label: int, class_name: str, confidence: float, sample: str) -> dict[str, Any]:
+    """One line of the prediction log: one answered image and the reference to its stored input
+    (`<shard>#<index>`, index counted in records of that shard)."""
+    return {"request_id": request_id, "time": time, "model_name": model_name, "model_version": model_version,
+            "item": item, "label": label, "class_name": class_name, "confidence": confidence, "sample": sample}
+
+
+def record_problem(record: Any) -> str | None:
+    """What makes `record` something the champion handler would never write, or None."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    for field, types in RECORD_FIELDS.items():
+        value = record.get(field)
+        if value is None:
+            return f"prediction record has no {field!r}"
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"{field!r} must be {' or '.join(t.__name__ for t in types)}, got {value!r}"
+    return None
+
+
+def read_keys(path: str | Path) -> dict[str, str]:
+    """The keys of TorchServe's key_file.json (written at its start): management, inference, API."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        return {name: str(raw[name]["key"]) for name in KEY_NAMES}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise WireError(f"{path}: not a readable TorchServe key file ({error})") from error

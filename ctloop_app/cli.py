@@ -1,0 +1,229 @@
+"""`ctloop`: the pieces of the loop, one command each; every command calls the tested functions."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ctloop.config import ConfigError, load_config
+from ctloop.drift import DRIFT_KINDS
+from ctloop.images import ImageDataError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return args.command(args)
+    except (ConfigError, ImageDataError) as error:
+        print(f"ctloop: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ctloop: interrupted; servers stopped", file=sys.stderr)
+        return 130
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctloop", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="the whole loop on simulated drift (what `make run` runs)")
+    demo.add_argument("--work-dir", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--drift", choices=DRIFT_KINDS, default="blur")
+    demo.add_argument("--severity", type=float, default=1.0)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--config", type=Path, help="pipeline parameters (default: the shipped ctloop/ctloop.yaml)")
+    demo.add_argument("--no-mlflow-server", action="store_true", help="use the SQLite file directly")
+    demo.set_defaults(command=_demo)
+
+    boot = commands.add_parser("bootstrap", help="train champion, B1 and B2 on clean data")
+    boot.add_argument("--out", type=Path, default=Path("runs/bootstrap"))
+    boot.add_argument("--image-folder", type=Path, help="your labelled ImageFolder instead of digits")
+    boot.add_argument("--image-size", type=int, nargs=2, default=(32, 32), metavar=("H", "W"))
+    boot.add_argument("--epochs", type=int)
+    boot.add_argument("--seed", type=int, default=0)
+    boot.set_defaults(command=_bootstrap)
+
+    serve = commands.add_parser("serve", help="start TorchServe + MLflow with bootstrapped models")
+    serve.add_argument("--models", type=Path, default=Path("runs/bootstrap"),
+                       help="a `ctloop bootstrap` output folder")
+    serve.add_argument("--work-dir", type=Path, default=Path("runs/serve"))
+    serve.set_defaults(command=_serve)
+
+    run = commands.add_parser("run", help="one cycle on your ImageFolder: serve, stream, retrain, deploy")
+    run.add_argument("--models", type=Path, required=True, help="a `ctloop bootstrap` output folder")
+    run.add_argument("--production-folder", type=Path, required=True,
+                     help="ImageFolder of recent production images (sub-folders give audit labels)")
+    run.add_argument("--work-dir", type=Path, default=Path("runs/line"))
+    run.add_argument("--config", type=Path, help="pipeline parameters (default: the shipped ctloop/ctloop.yaml)")
+    run.set_defaults(command=_run)
+
+    compile_ = commands.add_parser("compile", help="compile the pipeline to YAML for Kubeflow")
+    compile_.add_argument("--out", type=Path, default=Path("ctloop_pipeline.yaml"))
+    compile_.add_argument("--config", type=Path, help="pipeline parameters (default: the shipped ctloop/ctloop.yaml)")
+    compile_.add_argument("--registry", help="image registry (default CTLOOP_IMAGE_REGISTRY or ghcr.io/ctloop)")
+    compile_.add_argument("--tag", help="image tag (default CTLOOP_IMAGE_TAG or the package version)")
+    compile_.add_argument("--cluster", action="store_true",
+                          help="add the Kubernetes settings: volumes and secrets as env (k8s/)")
+    compile_.set_defaults(command=_compile)
+
+    submit = commands.add_parser("submit", help="compile for the cluster, upload to Kubeflow Pipelines, run, schedule")
+    submit.add_argument("--host", help="KFP API endpoint (default KFP_HOST); the bearer token comes from KFP_TOKEN")
+    submit.add_argument("--commit", required=True, help="pipeline version name, and the image tag unless --tag")
+    submit.add_argument("--registry", help="image registry (default CTLOOP_IMAGE_REGISTRY or ghcr.io/ctloop)")
+    submit.add_argument("--tag", help="image tag (default: the commit)")
+    submit.add_argument("--config", type=Path, help="pipeline parameters (default: the shipped ctloop/ctloop.yaml)")
+    submit.add_argument("--package", type=Path, default=Path("ctloop_pipeline_cluster.yaml"),
+                        help="where the compiled pipeline is written")
+    submit.add_argument("--params-file", type=Path, help="run parameters (default: the shipped kubeflow_pipeline/pipeline-params.yaml)")
+    submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
+    submit.add_argument("--schedule", help="six-field cron of the yield check (default hourly)")
+    submit.add_argument("--experiment", help="KFP experiment (default ctloop)")
+    submit.add_argument("--namespace", help="KFP namespace (multi-user installs)")
+    submit.add_argument("--ui-url", help="base of the run link (default the host)")
+    submit.add_argument("--output-json", type=Path, help="also write the submission (ids, run link) here")
+    submit.set_defaults(command=_submit)
+
+    images = commands.add_parser("images", help="build (and push) every stage image and the serving image")
+    images.add_argument("--registry", help="image registry (default CTLOOP_IMAGE_REGISTRY or ghcr.io/ctloop)")
+    images.add_argument("--tag", help="image tag (default CTLOOP_IMAGE_TAG or the package version)")
+    images.add_argument("--push", action="store_true")
+    images.add_argument("--only", nargs="+", default=[], metavar="NAME", help="some stages and/or serving")
+    images.set_defaults(command=_images)
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ctloop_app.demo import DemoSettings, run_demo
+    from ctloop_app.report import summary_table, write_html_report, write_summary_json
+
+    settings = DemoSettings(work_dir=args.work_dir, seed=args.seed, drift_kind=args.drift,
+                            drift_severity=args.severity, config=load_config(args.config),
+                            mlflow_server=not args.no_mlflow_server)
+    summary = run_demo(settings)
+    print()
+    print(summary_table(summary))
+    write_summary_json(summary, Path("run_summary.json"))
+    write_html_report(summary, Path("run_report.html"))
+    print("\nwrote run_summary.json and run_report.html")
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from ctloop_app.bootstrap import bootstrap_digits, bootstrap_folder
+
+    if args.image_folder:
+        result = bootstrap_folder(args.image_folder, tuple(args.image_size), args.out, args.seed, args.epochs)
+    else:
+        result = bootstrap_digits(args.out, args.seed, args.epochs)
+    for role, path in result.model_files.items():
+        print(f"{role}: {path} (golden-set accuracy {result.golden_accuracy[role]:.3f})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import time
+
+    from ctloop_app.stack import install_models, local_stack
+
+    models = args.models / "models"
+    files = {role: models / f"{role}.pt" for role in ("champion", "b1", "b2")}
+    if not all(path.is_file() for path in files.values()):
+        from ctloop_app.bootstrap import bootstrap_digits
+
+        print(f"no models in {models}; bootstrapping on the bundled digits first")
+        bootstrap_digits(args.models)
+    with local_stack(args.work_dir) as stack:
+        version = install_models(stack, files, args.models / "data" / "train.npz")
+        print(f"champion v{version}, b1 and b2 are served by TorchServe")
+        print(f"  inference:  {stack.torchserve.inference_url}/predictions/champion")
+        print(f"  management: {stack.torchserve.management_url}/models")
+        print(f"  keys:       {stack.torchserve.key_file}  (send 'Authorization: Bearer <key>')")
+        print(f"  MLflow:     {stack.tracking_uri}")
+        print(f"  predictions are logged to {stack.store_dir}")
+        print("Ctrl-C stops everything.")
+        while True:
+            time.sleep(3600)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ctloop_app.line import run_on_folder
+
+    result = run_on_folder(args.models, args.production_folder, args.work_dir, load_config(args.config))
+    print(result)
+    return 0 if result.succeeded else 1
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from kubeflow_pipeline.compile import compile_pipeline
+    from kubeflow_pipeline.images import ImageSettings
+
+    defaults = ImageSettings.from_env()
+    images = ImageSettings(args.registry or defaults.registry, args.tag or defaults.tag)
+    path = compile_pipeline(args.out, load_config(args.config), images, cluster=args.cluster)
+    print(f"compiled {path} (images {images.image('monitor')}, ...)")
+    return 0
+
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    from kubeflow_pipeline import submit as kfp_submit
+    from kubeflow_pipeline.images import ImageSettings
+
+    host = args.host or os.environ.get("KFP_HOST", "")
+    if not host:
+        print("ctloop submit: no KFP host; pass --host or set KFP_HOST", file=sys.stderr)
+        return 2
+    images = ImageSettings(args.registry or ImageSettings.from_env().registry, args.tag or args.commit)
+    try:
+        params = kfp_submit.load_params(args.params_file, args.param)
+        package = kfp_submit.compile_for_cluster(args.package, images, load_config(args.config))
+        client = kfp_submit.connect(host, os.environ.get("KFP_TOKEN"), args.namespace)
+        done = kfp_submit.submit(
+            client, package, args.commit, params, ui_url=args.ui_url or host, namespace=args.namespace,
+            schedule=args.schedule or kfp_submit.DEFAULT_SCHEDULE,
+            experiment=args.experiment or kfp_submit.DEFAULT_EXPERIMENT)
+    except kfp_submit.SubmitError as error:
+        print(f"ctloop submit: {error}", file=sys.stderr)
+        return 2
+    except (ApiException, HTTPError, TimeoutError) as error:
+        print(f"ctloop submit: Kubeflow Pipelines at {host} failed: {str(error).strip()}", file=sys.stderr)
+        return 1
+    print(f"pipeline version {args.commit} ({done.pipeline_version_id}) of {package}")
+    print(f"run: {done.run_url}")
+    print(f"recurring yield check {done.recurring_run_id} ({args.schedule or kfp_submit.DEFAULT_SCHEDULE})")
+    if args.output_json:
+        args.output_json.write_text(json.dumps(done.to_dict(), indent=2))
+    return 0
+
+
+def _images(args: argparse.Namespace) -> int:
+    from ctloop_app.images_build import ImageBuildError, build_images
+    from kubeflow_pipeline.images import ImageSettings
+
+    defaults = ImageSettings.from_env()
+    images = ImageSettings(args.registry or defaults.registry, args.tag or defaults.tag)
+    try:
+        build_images(images, push=args.push, only=tuple(args.only))
+    except (ValueError, ImageBuildError) as error:
+        print(f"ctloop images: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The main job: a production line drifts, ctloop notices, retrains and deploys a better model.
+
+Bootstraps the three models on clean digits, starts TorchServe and MLflow, plays clean traffic
+(the monitor stays quiet), injects drift (the monitor trips and the pipeline retrains and
+deploys), plays more drifted traffic (yield recovers), and reports what happened.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ctloop import registry
+from ctloop_app.bootstrap import BootstrapResult, bootstrap_digits
+from ctloop.config import PipelineConfig
+from ctloop.drift import DriftKind
+from ctloop.images import ImageSet
+from ctloop.modelfile import load_model, predict_proba
+from ctloop.simulator import DriftSpec, ProductionLine
+from ctloop_app.stack import REGISTERED_MODEL, LocalStack, install_models, local_stack
+from ctloop_app.traffic import Answer, Traffic
+from ctloop_app.local_run import LocalRun, run_cycle
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    work_dir: Path = Path("runs/demo")
+    seed: int = 0
+    drift_kind: DriftKind = "blur"
+    drift_severity: float = 1.0
+    audit_share: float = 0.25
+    concurrency: int = 4
+    config: PipelineConfig = field(default_factory=PipelineConfig)
+    bootstrap_epochs: int | None = None
+    mlflow_server: bool = True
+
+
+@dataclass
+class PhaseSummary:
+    name: str
+    requests: int
+    yield_value: float
+    accuracy: float
+    versions: list[str]
+
+
+@dataclass
+class DemoSummary:
+    settings: dict[str, Any]
+    phases: list[PhaseSummary]
+    cycles: list[dict[str, Any]]
+    champion_before: str
+    champion_after: str
+    old_champion_accuracy_on_drift: float
+    new_champion_accuracy_on_drift: float
+    pseudo_label_precision: float | None
+    kept_share: float | None
+    timeline: list[tuple[int, float, str]]
+    confusion_matrices: dict[str, dict[str, Any]]
+    seconds: float
+
+
+def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> DemoSummary:
+    """Run the whole story in `settings.work_dir` (emptied first); servers stop on exit."""
+    started = time.monotonic()
+    work = settings.work_dir.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    say(f"bootstrapping champion, B1 and B2 on clean digits in {work}")
+    boot = bootstrap_digits(work / "bootstrap", settings.seed, settings.bootstrap_epochs)
+    say("golden-set accuracy: " + ", ".join(f"{role} {score:.3f}" for role, score in boot.golden_accuracy.items()))
+    with local_stack(work / "stack", settings.mlflow_server) as stack:
+        say(f"TorchServe at {stack.torchserve.inference_url}, MLflow at {stack.tracking_uri}")
+        first_version = install_models(stack, boot.model_files, boot.train_set)
+        story = _Story(settings, stack, boot, work / "pipeline_root", say)
+        story.play("clean")
+        story.cycle()
+        story.play(f"{settings.drift_kind} drift")
+        story.cycle()
+        final_version = stack.client.default_version("champion")
+        last_parts = story.play("after retraining" if final_version != first_version else "drift, not retrained")
+        old_acc, new_acc = _compare_champions(stack.tracking_uri, first_version, final_version, last_parts)
+    consensus = story.cycles[-1]["outputs"].get("consensus-op", {})
+    return DemoSummary(
+        settings={"seed": settings.seed, "drift_kind": settings.drift_kind, "drift_severity": settings.drift_severity,
+                  "audit_share": settings.audit_share, **settings.config.as_dict()},
+        phases=story.phases,
+        cycles=story.cycles,
+        champion_before=first_version,
+        champion_after=final_version,
+        old_champion_accuracy_on_drift=old_acc,
+        new_champion_accuracy_on_drift=new_acc,
+        pseudo_label_precision=consensus.get("pseudo_label_precision"),
+        kept_share=consensus.get("kept_share"),
+        timeline=story.timeline,
+        confusion_matrices=story.cycles[-1]["confusion_matrices"],
+        seconds=time.monotonic() - started,
+    )
+
+
+class _Story:
+    """The line (drift starts after the first window), its traffic, and what each step showed."""
+
+    def __init__(self, settings: DemoSettings, stack: LocalStack, boot: BootstrapResult, pipeline_root: Path,
+                 say: Callable[[str], None]) -> None:
+        self.config, self.stack, self.boot, self.pipeline_root, self.say = (
+            settings.config, stack, boot, pipeline_root, say)
+        if boot.production_pool is None:
+            raise ValueError("the demo plays the simulator's production pool; bootstrap with bootstrap_digits")
+        self.line = ProductionLine(ImageSet.load(boot.production_pool), settings.seed,
+                                   DriftSpec(settings.drift_kind, settings.drift_severity,
+                                             start=settings.config.recent_window))
+        self.traffic = Traffic(stack.client, stack.store_dir, settings.audit_share, settings.seed,
+                               settings.concurrency)
+        self.phases: list[PhaseSummary] = []
+        self.timeline: list[tuple[int, float, str]] = []
+        self.cycles: list[dict[str, Any]] = []
+
+    def play(self, name: str) -> ImageSet:
+        """One window of parts through the champion; returns the parts (with their true labels)."""
+        parts = self.line.take(self.config.recent_window)
+        answers = self.traffic.send(parts)
+        self.timeline.extend((answer.position, answer.confidence, name) for answer in answers)
+        self.phases.append(_phase(name, answers, self.config.yield_confidence))
+        self.say(f"{name}: {len(answers)} parts, yield {self.phases[-1].yield_value:.3f}, "
+                 f"accuracy {self.phases[-1].accuracy:.3f}")
+        return parts
+
+    def cycle(self) -> None:
+        """One run of the continuous-training pipeline."""
+        self.say("running the continuous-training pipeline (kfp.local)")
+        run = run_cycle(self.stack, self.config, self.boot.golden_set, self.pipeline_root)
+        self.say(f"pipeline {'succeeded' if run.succeeded else 'FAILED: ' + str(run.error)}; "
+                 f"stages: {', '.join(run.tasks)}")
+        self.cycles.append(_cycle_summary(run))
+
+
+def _phase(name: str, answers: list[Answer], confidence: float) -> PhaseSummary:
+    confidences = np.array([answer.confidence for answer in answers])
+    correct = np.array([answer.label == answer.true_label for answer in answers])
+    return PhaseSummary(name, len(answers), float((confidences >= confidence).mean()), float(correct.mean()),
+                        sorted({answer.model_version for answer in answers}))
+
+
+def _cycle_summary(run: LocalRun) -> dict[str, Any]:
+    outputs: dict[str, dict[str, Any]] = {}
+    matrices: dict[str, dict[str, Any]] = {}
+    for name, task in run.tasks.items():
+        merged = dict(task.parameters)
+        for artifact_name, artifact in task.artifacts.items():
+            metadata = artifact["metadata"]
+            if "confusionMatrix" in metadata:
+                matrices[artifact_name] = metadata["confusionMatrix"]
+            elif artifact_name == "metrics":
+                merged.update(metadata)
+        outputs[name] = merged
+    return {
+        "succeeded": run.succeeded,
+        "error": run.error,
+        "seconds": run.seconds,
+        "stages": list(run.tasks),
+        "stage_seconds": {name: task.seconds for name, task in run.tasks.items()},
+        "outputs": outputs,
+        "confusion_matrices": matrices,
+    }
+
+
+def _compare_champions(tracking_uri: str, old: str, new: str, parts: ImageSet) -> tuple[float, float]:
+    """Accuracy of the first and the final champion, in-process, on the same drifted parts."""
+    scores = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for version in (old, new):
+            files = registry.download_version(REGISTERED_MODEL, version, Path(scratch) / version, tracking_uri)
+            model, _ = load_model(files.model_file)
+            scores.append(float((predict_proba(model, parts.images).argmax(axis=1) == parts.labels).mean()))
+    return scores[0], scores[1]

@@ -1,0 +1,96 @@
+"""The local serving stack: TorchServe with the three model roles, and an MLflow registry.
+
+This is what `make run`, `ctloop serve` and the end-to-end tests start: one TorchServe (token
+authorization on, predictions logged to a store), MLflow as a tracking server on SQLite (or the
+SQLite file directly, which is faster to start in tests), the champion registered in MLflow as
+version 1 with the alias `champion`, and the champion, B1 and B2 served as TorchServe models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ctloop import registry
+from ctloop_app.mlflow_server import MlflowServer
+from serving.archive import build_archive
+from serving.client import TorchServeClient
+from serving.server import LocalTorchServe
+
+REGISTERED_MODEL = "ctloop-champion"
+BRANCH_VERSION = "1"
+
+
+@dataclass
+class LocalStack:
+    work_dir: Path
+    torchserve: LocalTorchServe
+    tracking_uri: str
+    client: TorchServeClient
+
+    @property
+    def store_dir(self) -> Path:
+        return self.work_dir / "store"
+
+    @property
+    def model_store(self) -> Path:
+        return self.torchserve.model_store
+
+    @property
+    def slack_outbox(self) -> Path:
+        return self.work_dir / "slack_outbox.jsonl"
+
+    def stage_environment(self) -> dict[str, str]:
+        """What the pipeline's stages read from their environment when run against this stack."""
+        return {"CTLOOP_TS_KEY_FILE": str(self.torchserve.key_file), "CTLOOP_SLACK_OUTBOX": str(self.slack_outbox)}
+
+
+@contextlib.contextmanager
+def local_stack(work_dir: str | Path, mlflow_server: bool = True) -> Iterator[LocalStack]:
+    """Start TorchServe (and an MLflow server, unless `mlflow_server` is False); stop both on exit."""
+    work_dir = Path(work_dir).resolve()
+    with contextlib.ExitStack() as stack:
+        if mlflow_server:
+            tracking_uri = stack.enter_context(MlflowServer(work_dir / "mlflow")).tracking_uri
+        else:
+            (work_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+            tracking_uri = f"sqlite:///{work_dir / 'mlflow' / 'mlflow.db'}"
+        torchserve = stack.enter_context(LocalTorchServe(work_dir / "torchserve", store_dir=work_dir / "store"))
+        client = TorchServeClient(torchserve.inference_url, torchserve.management_url, torchserve.keys())
+        stack.callback(client.close)
+        yield LocalStack(work_dir, torchserve, tracking_uri, client)
+
+
+def install_models(
+    stack: LocalStack, model_files: dict[str, Path], train_set: Path, workers: int = 1
+) -> str:
+    """Register the champion in MLflow (alias `champion`) and serve champion, B1 and B2.
+
+    Returns the champion's registry version, which is also its TorchServe version.
+    """
+    version = registry.register_model_file(REGISTERED_MODEL, model_files["champion"], train_set,
+                                           tracking_uri=stack.tracking_uri)
+    registry.promote(REGISTERED_MODEL, version, stack.tracking_uri)
+    for role in ("champion", "b1", "b2"):
+        role_version = version if role == "champion" else BRANCH_VERSION
+        archive = build_archive(model_files[role], role, role_version, stack.model_store, workers=workers)
+        stack.client.register(archive.name, role, initial_workers=workers)
+    return version
+
+
+@contextlib.contextmanager
+def stage_environment(stack: LocalStack) -> Iterator[None]:
+    """Set the stages' environment for a local pipeline run, restoring it afterwards."""
+    saved = {name: os.environ.get(name) for name in stack.stage_environment()}
+    os.environ.update(stack.stage_environment())
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

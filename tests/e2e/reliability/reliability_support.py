@@ -1,0 +1,142 @@
+"""What must hold after any fault, and the tools to cause faults.
+
+`check_invariants` is called at the end of every reliability test: the champion answers (as the
+version MLflow's `champion` alias names), the prediction log lost or broke no record, and every
+MLflow alias points at an existing, downloadable version, one version per training run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from ctloop import registry
+from ctloop.images import ImageSet
+from ctloop_app.stack import BRANCH_VERSION, REGISTERED_MODEL, LocalStack
+from serving import store
+from serving.archive import archive_name
+from serving.client import TorchServeClient, TorchServeError
+
+
+def check_invariants(stack: LocalStack, golden_set: Path, answered: int, cut_short_tail: bool = False) -> str:
+    """Assert the invariants; returns the champion version.
+
+    Args:
+        stack: the stack after the fault.
+        golden_set: labelled images to ask the champion about (sent as canaries: not logged).
+        answered: champion requests answered with 200 since the stack started, one image each.
+        cut_short_tail: the test itself cut the log's last line short.
+    """
+    champion = registry.require_alias(REGISTERED_MODEL, registry.CHAMPION, stack.tracking_uri)
+    client = TorchServeClient(stack.torchserve.inference_url, stack.torchserve.management_url,
+                              stack.torchserve.keys())
+    try:
+        assert client.default_version("champion") == champion, "TorchServe's default is not MLflow's champion"
+        images = ImageSet.load(golden_set).images[:8]
+        answer = client.predict("champion", images, canary=True)
+        assert answer.model_version == champion and len(answer.labels) == len(images)
+    finally:
+        client.close()
+    _check_prediction_log(stack.store_dir, answered, cut_short_tail)
+    _check_registry(stack.tracking_uri)
+    return champion
+
+
+def _check_prediction_log(store_dir: Path, answered: int, cut_short_tail: bool) -> None:
+    log = store_dir / store.LOG_NAME
+    records = store.read_prediction_log(log) if log.exists() else store.PredictionRecords([], False, [])
+    assert records.truncated_tail == cut_short_tail
+    assert records.broken_lines == [], f"broken lines in the prediction log: {records.broken_lines}"
+    assert len(records) == answered, f"{len(records)} logged predictions for {answered} answered requests"
+    keys = Counter((record["request_id"], record["item"]) for record in records)
+    assert not [key for key, count in keys.items() if count > 1], "a prediction was logged twice"
+    if records:  # every record's sample is stored and readable
+        samples = store.load_samples(store_dir, [record["sample"] for record in records])
+        assert len(samples) == len(records)
+
+
+def _check_registry(tracking_uri: str) -> None:
+    client = registry.client(tracking_uri)
+    found = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+    runs = Counter(version.run_id for version in found)
+    assert all(count == 1 for count in runs.values()), f"a training run registered twice: {runs}"
+    aliases = client.get_registered_model(REGISTERED_MODEL).aliases
+    assert registry.CHAMPION in aliases
+    existing = {str(version.version) for version in found}
+    assert set(map(str, aliases.values())) <= existing, f"an alias points at a missing version: {aliases}"
+    with tempfile.TemporaryDirectory() as scratch:
+        for version in sorted(existing, key=int):  # no orphan: every version has its files
+            files = registry.download_version(REGISTERED_MODEL, version, Path(scratch) / version, tracking_uri)
+            assert files.model_file.stat().st_size > 0 and files.train_set is not None
+
+
+def restart_torchserve(stack: LocalStack) -> None:
+    """Start TorchServe again on the same ports and model store (it keeps no state across a
+    restart, `--ncs`) and serve what the registry names: the `champion` alias's archive as the
+    champion, B1 and B2. The stack's client gets the new keys."""
+    if stack.torchserve.process is not None:
+        stack.torchserve.stop()
+    stack.torchserve.start()
+    stack.client.keys = stack.torchserve.keys()
+    champion = registry.require_alias(REGISTERED_MODEL, registry.CHAMPION, stack.tracking_uri)
+    stack.client.register(archive_name("champion", champion), "champion")
+    for role in ("b1", "b2"):
+        stack.client.register(archive_name(role, BRANCH_VERSION), role)
+
+
+class Watcher:
+    """Polls `condition` on a thread until it holds, then runs `action` once (a fault)."""
+
+    def __init__(self, condition: Callable[[], bool], action: Callable[[], None], period: float = 0.05) -> None:
+        self.condition, self.action, self.period = condition, action, period
+        self.fired = threading.Event()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                if self.condition():
+                    self.action()
+                    self.fired.set()
+                    return
+                time.sleep(self.period)
+        except BaseException as error:  # reported by __exit__
+            self.errors.append(error)
+
+    def __enter__(self) -> "Watcher":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        if self.errors:
+            raise self.errors[0]
+
+
+def champion_versions(stack: LocalStack, client: TorchServeClient) -> list[str]:
+    """TorchServe's registered champion versions ([] while it is unreachable)."""
+    try:
+        return client.versions("champion")
+    except TorchServeError:
+        return []
+
+
+def stage_process(function: str) -> psutil.Process | None:
+    """The running kfp.local subprocess of this test process that executes `function`."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            command = child.cmdline()
+        except psutil.Error:
+            continue
+        if "python" in Path(command[0]).name and function in " ".join(command):
+            return child
+    return None

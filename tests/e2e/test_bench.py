@@ -1,0 +1,101 @@
+"""`make bench` on its tiny setting: every section runs and its figures are sane.
+
+The benchmark is not a timed test; this only checks that it runs end to end (real TorchServe,
+uvicorn and kfp.local) and writes a complete results file without touching bench/results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = REPO_ROOT / "bench" / "results.json"
+SECTIONS = ("machine", "serving", "consensus", "cycle", "learning", "deploy")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    """The results and printed table of one `python -m bench --tiny` run."""
+    folder = tmp_path_factory.mktemp("bench")
+    out = folder / "results.json"
+    before = _read_if_there(COMMITTED)
+    done = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--out", str(out), "--work-dir", str(folder / "work")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _read_if_there(COMMITTED) == before, "the tiny run must not overwrite bench/results.json"
+    return json.loads(out.read_text()), done.stdout
+
+
+def _read_if_there(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
+def test_every_section_is_there_and_described(tiny) -> None:
+    results, table = tiny
+    assert set(SECTIONS) <= set(results)
+    assert results["settings"]["name"] == "tiny"
+    machine = results["machine"]
+    assert machine["cpu_model"] and machine["usable_cores"] >= 1 and machine["ram_gib"] > 0
+    assert machine["torch"] and machine["torchserve"] and machine["python"].startswith("3.11")
+    for heading in ("**1. Serving**", "**2. Consensus filter**", "**3. CT cycle**", "**4. Learning quality**",
+                    "**5. Deploy under load**"):
+        assert heading in table
+
+
+def test_serving_compares_three_targets_without_failures(tiny) -> None:
+    serving = tiny[0]["serving"]
+    requests = tiny[0]["settings"]["requests"]
+    assert serving["winner"] in [entry["settings"] for entry in serving["torchserve_tried"]]
+    for entry in serving["torchserve_tried"]:
+        assert entry["applied"]["workers"] == entry["settings"]["workers"]
+        assert entry["applied"]["batch_size"] == entry["settings"]["batch_size"]
+    for target in ("torchserve", "fastapi", "in_process"):
+        for concurrency in ("1", "8"):
+            load = serving["targets"][target][concurrency]
+            assert (load["requests"], load["failed"]) == (requests, 0), (target, concurrency)
+            assert load["requests_per_second"] > 0
+            assert 0 < load["p50_ms"] <= load["p99_ms"]
+    assert serving["ratios"]["torchserve_over_fastapi_rps_c8"] > 0
+
+
+def test_consensus_gives_the_same_labels_both_ways(tiny) -> None:
+    consensus = tiny[0]["consensus"]
+    assert consensus["labels_identical"]
+    assert consensus["torchserve"]["samples_per_second"] > 0 and consensus["in_process"]["samples_per_second"] > 0
+    assert consensus["torchserve_over_in_process"] > 0
+
+
+def test_cycle_deploys_and_its_time_adds_up(tiny) -> None:
+    cycle = tiny[0]["cycle"]
+    assert cycle["succeeded"], cycle["error"]
+    assert (cycle["old_version"], cycle["new_version"]) == ("1", "2")
+    assert 0 < cycle["trip_to_default_seconds"] < cycle["cycle_seconds"]
+    assert cycle["trip_to_default_tasks"][-1] == "deploy-op"
+    for name, stage in cycle["stages"].items():
+        assert 0 <= stage["overhead"] <= stage["wall"] + 1e-3, name
+        assert stage["work"] >= -1e-3, name
+    assert cycle["stages"]["train-op"]["imports"] > 0
+
+
+def test_learning_scores_are_shares(tiny) -> None:
+    learning = tiny[0]["learning"]
+    assert list(learning["kinds"]) == ["blur"]
+    row = learning["kinds"]["blur"]
+    for key in ("old_champion_accuracy", "new_champion_accuracy", "oracle_accuracy", "coverage",
+                "pseudo_label_precision"):
+        assert 0.0 <= row[key] <= 1.0, key
+    assert row["kept"] > 0
+
+
+def test_deploy_under_load_loses_nothing(tiny) -> None:
+    deploy = tiny[0]["deploy"]
+    assert deploy["outcome"] == "deployed", deploy["reason"]
+    assert deploy["requests_during_deploy"] > 0
+    assert deploy["failed_during_deploy"] == 0 and deploy["failed_total"] == 0

@@ -1,0 +1,98 @@
+"""The `ctloop` commands a user runs: bootstrap and a cycle on their own ImageFolder, compile,
+and the demo that `make run` starts (on a small window)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ctloop_app.cli import main
+from ctloop.config import PipelineConfig
+from ctloop_app.demo import DemoSettings, run_demo
+from ctloop.drift import apply_drift
+from ctloop.imagefolder import write_image_folder
+from ctloop.images import ImageSet
+from ctloop_app.report import summary_table, write_html_report, write_summary_json
+from ctloop.simulator import digits_split
+
+
+def test_bad_config_is_reported_without_a_traceback(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("val_ratio: lots\n")
+    assert main(["compile", "--config", str(config), "--out", str(tmp_path / "p.yaml")]) == 2
+    assert f"ctloop: {config}: val_ratio must be of type float" in capsys.readouterr().err
+
+
+def test_compile_names_every_stage_image_from_registry_and_tag(tmp_path: Path) -> None:
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--out", str(out), "--registry", "registry.example/acme", "--tag", "abc123"]) == 0
+    spec = yaml.safe_load(out.read_text())
+    images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()
+              if "container" in executor}
+    assert images == {f"registry.example/acme/ctloop-{stage}:abc123" for stage in
+                      ("monitor", "collect", "validate", "consensus", "train", "analyze", "deploy", "notify")}
+    assert spec["root"]["inputDefinitions"]["parameters"]["yield_threshold"]["defaultValue"] == 0.7
+
+
+@pytest.mark.serving
+@pytest.mark.slow
+def test_bootstrap_and_run_on_a_users_image_folder(tmp_path: Path, capsys) -> None:
+    split = digits_split(0)
+    write_image_folder(split.train, tmp_path / "labelled")
+    drifted = split.production.subset(np.arange(200))
+    blurred = ImageSet(apply_drift(drifted.images, "blur", 1.0, np.random.default_rng(0)), drifted.labels,
+                       drifted.class_names)
+    write_image_folder(blurred, tmp_path / "production")
+    config = tmp_path / "ctloop.yaml"
+    # This golden set is 20 % of the user's folder, 179 parts: one part is 0.0056 of accuracy, so
+    # the golden-regression bar is set to what such a small set can resolve.
+    config.write_text(yaml.safe_dump({**PipelineConfig().as_dict(), "recent_window": 200, "min_samples": 50,
+                                      "max_golden_regression": 0.05}))
+
+    assert main(["bootstrap", "--image-folder", str(tmp_path / "labelled"), "--image-size", "8", "8",
+                 "--out", str(tmp_path / "models")]) == 0
+    assert "champion:" in capsys.readouterr().out
+    code = main(["run", "--models", str(tmp_path / "models"), "--production-folder", str(tmp_path / "production"),
+                 "--work-dir", str(tmp_path / "line"), "--config", str(config)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "pipeline succeeded; 200 parts played; champion v1 -> v2" in out
+
+
+def test_run_names_a_broken_production_file(tmp_path: Path, capsys) -> None:
+    split = digits_split(0)
+    write_image_folder(split.train.subset(np.arange(60)), tmp_path / "labelled")
+    assert main(["bootstrap", "--image-folder", str(tmp_path / "labelled"), "--image-size", "8", "8",
+                 "--out", str(tmp_path / "models"), "--epochs", "1"]) == 0
+    (tmp_path / "production" / "3").mkdir(parents=True)
+    (tmp_path / "production" / "3" / "part.png").write_bytes(b"not a png")
+    assert main(["run", "--models", str(tmp_path / "models"), "--production-folder", str(tmp_path / "production"),
+                 "--work-dir", str(tmp_path / "line")]) == 2
+    assert "production/3/part.png: unreadable image" in capsys.readouterr().err
+
+
+@pytest.mark.serving
+@pytest.mark.slow
+def test_demo_recovers_yield_and_writes_its_reports(tmp_path: Path) -> None:
+    settings = DemoSettings(work_dir=tmp_path / "demo", config=PipelineConfig(recent_window=200),
+                            mlflow_server=False)
+    summary = run_demo(settings, say=lambda line: None)
+    clean, drifted, after = summary.phases
+    assert drifted.yield_value < 0.7 <= clean.yield_value
+    assert after.yield_value > drifted.yield_value + 0.2
+    assert summary.champion_before == "1" and summary.champion_after == "2"
+    assert summary.new_champion_accuracy_on_drift > summary.old_champion_accuracy_on_drift
+    assert summary.pseudo_label_precision is not None and summary.pseudo_label_precision > 0.9
+    assert "deploy-op" in summary.cycles[1]["stage_seconds"]
+    table = summary_table(summary)
+    assert "after retraining" in table and "pseudo-label precision" in table
+    write_summary_json(summary, tmp_path / "run_summary.json")
+    write_html_report(summary, tmp_path / "run_report.html")
+    data = json.loads((tmp_path / "run_summary.json").read_text())
+    assert data["champion_after"] == "2" and len(data["phases"]) == 3
+    page = (tmp_path / "run_report.html").read_text()
+    assert "<svg" in page and "challenger_golden" in page

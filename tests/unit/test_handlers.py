@@ -1,0 +1,166 @@
+"""Handler unit tests: decode and validation paths with a small fake TorchServe context."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctloop import wire
+from ctloop.wire import encode_batch
+from serving import store
+from serving.archive import HANDLER_DIR
+
+sys.path.insert(0, str(HANDLER_DIR))  # TorchServe puts the unpacked archive on sys.path the same way
+
+from branch_handler import BranchHandler  # noqa: E402
+from champion_handler import ChampionHandler  # noqa: E402
+from eval_handler import EvalHandler  # noqa: E402
+from ts.context import Context, RequestProcessor  # noqa: E402
+
+
+class FakeMetrics:
+    def add_time(self, *args: object, **kwargs: object) -> None:
+        """BaseHandler.handle reports its time here; the tests do not need it."""
+
+
+def make_context(model_dir: Path, name: str, headers: list[dict] | None = None) -> Context:
+    manifest = {"model": {"modelName": name, "modelVersion": "7", "serializedFile": "model.pt"}}
+    context = Context(name, str(model_dir), manifest, 1, None, "0.12.0", metrics=FakeMetrics(),
+                      model_yaml_config={"torch_threads": 1, "max_images_per_request": 4})
+    context.request_processor = [RequestProcessor(h) for h in headers or [{}]]
+    context.request_ids = {index: f"req-{index}" for index in range(len(headers or [{}]))}
+    return context
+
+
+def loaded(handler_class: type, model_file: Path, tmp_path: Path, name: str, headers: list[dict] | None = None):
+    (tmp_path / "model.pt").write_bytes(model_file.read_bytes())
+    handler = handler_class()
+    context = make_context(tmp_path, name, headers)
+    handler.initialize(context)
+    return handler, context
+
+
+def run(handler, context: Context, bodies: list[object]) -> list[tuple[int, object]]:
+    """Answers of one TorchServe batch as (status, parsed JSON) per request."""
+    context.request_processor = [RequestProcessor({}) for _ in bodies] if len(context.request_processor) != len(
+        bodies) else context.request_processor
+    context.request_ids = {index: f"req-{index}" for index in range(len(bodies))}
+    answers = handler.handle([{"body": body} for body in bodies], context)
+    return [(context.get_response_status(index)[0], json.loads(answer)) for index, answer in enumerate(answers)]
+
+
+def png(array: np.ndarray, mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    picture = Image.fromarray((array * 255).astype(np.uint8))
+    picture.convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def champion(model_files: dict[str, Path], tmp_path: Path):
+    return loaded(ChampionHandler, model_files["champion"], tmp_path, "champion")
+
+
+def test_champion_answers_npy_json_and_png(champion, random_images) -> None:
+    handler, context = champion
+    images = random_images(3, 1)
+    answers = run(handler, context, [encode_batch(images), {"image": images[0].tolist()},
+                                     {"images": images.tolist()}, png(np.zeros((20, 30)))])
+    assert [status for status, _ in answers] == [200, 200, 200, 200]
+    assert [len(body) for _, body in answers] == [3, 1, 3, 1]
+    assert set(answers[0][1][0]) == {"label", "class_name", "confidence"}
+    assert answers[1][1][0] == answers[0][1][0]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "malformed JSON"),
+        ({"image": np.zeros((5, 5)).tolist()}, "wrong image size 5x5: this model takes 8x8"),
+        ({"image": np.zeros((8, 8, 3)).tolist()}, "got shape (1, 8, 8, 3): an extra channel axis"),
+        (encode_batch(np.zeros((2, 8, 8, 3), dtype=np.float32)), "got shape (2, 8, 8, 3)"),
+        ({"image": [[float("nan")] * 8] * 8}, "NaN or infinite"),
+        ({"image": [[2.0] * 8] * 8}, "pixel values must be in [0, 1], got [2, 2]"),
+        ({"images": []}, "empty batch"),
+        (encode_batch(np.zeros((0, 8, 8), dtype=np.float32)), "empty batch"),
+        (encode_batch(np.zeros((5, 8, 8), dtype=np.float32)), "too many images: 5 in one request, at most 4"),
+        ({"pixels": []}, 'expected a JSON object with one key "image"'),
+        ({"image": [[0.0, 0.1], [0.2]]}, '"image" must be nested lists of numbers of one shape'),
+        (b"\x89PNG\r\n\x1a\ngarbage", "unreadable PNG/JPEG"),
+    ],
+)
+def test_champion_refuses_bad_input_with_400(champion, body: object, message: str) -> None:
+    handler, context = champion
+    good = encode_batch(np.zeros((1, 8, 8), dtype=np.float32))
+    (status, answer), (good_status, _) = run(handler, context, [body, good])
+    assert status == 400
+    assert message in answer["error"]
+    assert good_status == 200
+
+
+def test_branch_and_eval_take_npy_only(model_files: dict[str, Path], tmp_path: Path, random_images) -> None:
+    images = random_images(4, 2)
+    branch, context = loaded(BranchHandler, model_files["b1"], tmp_path, "b1")
+    [(status, answer)] = run(branch, context, [encode_batch(images)])
+    assert status == 200 and len(answer["labels"]) == len(answer["confidences"]) == 4
+    [(status, answer)] = run(branch, context, [{"image": images[0].tolist()}])
+    assert status == 400 and "expected a .npy batch" in answer["error"]
+    evaluator, context = loaded(EvalHandler, model_files["b2"], tmp_path, "eval")
+    [(status, answer)] = run(evaluator, context, [encode_batch(images)])
+    assert status == 200 and np.allclose(np.sum(answer["probabilities"], axis=1), 1.0, atol=1e-5)
+
+
+def test_champion_logs_predictions_but_not_canaries(
+    model_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, random_images
+) -> None:
+    monkeypatch.setenv("CTLOOP_STORE_DIR", str(tmp_path / "store"))
+    handler, context = loaded(ChampionHandler, model_files["champion"], tmp_path, "champion",
+                              headers=[{}, {"x-ctloop-canary": "1"}])
+    images = random_images(2, 3)
+    run(handler, context, [encode_batch(images), encode_batch(images)])
+    records = store.read_prediction_log(tmp_path / "store" / store.LOG_NAME)
+    assert [(record["request_id"], record["item"], record["model_version"]) for record in records] == [
+        ("req-0", 0, "7"), ("req-0", 1, "7")]
+    assert np.array_equal(store.load_samples(tmp_path / "store", [r["sample"] for r in records]), images)
+
+
+def test_store_reports_a_truncated_last_line(tmp_path: Path) -> None:
+    log = tmp_path / store.LOG_NAME
+    log.write_text('{"label": 1}\n{"label": 2}\n{"lab')
+    records = store.read_prediction_log(log)
+    assert records == [{"label": 1}, {"label": 2}] and records.truncated_tail
+    log.write_text('{"label": 1}\n{"lab\n{"label": 3}\n')
+    records = store.read_prediction_log(log)
+    assert records == [{"label": 1}, {"label": 3}] and records.broken_lines == [2] and not records.truncated_tail
+
+
+def test_the_handlers_records_pass_the_readers_schema_check(
+    model_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, random_images
+) -> None:
+    monkeypatch.setenv("CTLOOP_STORE_DIR", str(tmp_path / "store"))
+    handler, context = loaded(ChampionHandler, model_files["champion"], tmp_path, "champion")
+    run(handler, context, [encode_batch(random_images(3, 9))])
+    records, truncated, broken = store.read_predictions(tmp_path / "store" / wire.LOG_NAME)
+    assert len(records) == 3 and not truncated and not broken
+    assert all(wire.record_problem(record) is None for record in records)
+    assert store.load_samples(tmp_path / "store", [r["sample"] for r in records]).shape == (3, 8, 8)
+
+
+def test_a_fragment_left_by_a_dead_writer_does_not_swallow_the_next_records(
+    model_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, random_images
+) -> None:
+    log = tmp_path / "store" / store.LOG_NAME
+    log.parent.mkdir()
+    log.write_text('{"request_id": "dead-worker", "ti')
+    monkeypatch.setenv("CTLOOP_STORE_DIR", str(tmp_path / "store"))
+    handler, context = loaded(ChampionHandler, model_files["champion"], tmp_path, "champion")
+    run(handler, context, [encode_batch(random_images(2, 4))])
+    records = store.read_prediction_log(log)
+    assert [record["item"] for record in records] == [0, 1]
+    assert records.broken_lines == [1] and not records.truncated_tail

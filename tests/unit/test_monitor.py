@@ -1,0 +1,232 @@
+"""monitor: yield, baseline rule, feedback, and logs that are broken in every way a writer can."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import components.monitor
+from components.monitor.logic import PredictionLogError, check_yield
+
+DEFAULTS = dict(recent_window=10, yield_threshold=0.7, yield_drop_tolerance=0.05, yield_floor=0.6, confidence=0.9)
+
+
+def run(log: Path, **overrides):
+    return check_yield(log, **{**DEFAULTS, **overrides})
+
+
+def test_public_names():
+    assert sorted(components.monitor.__all__) == ["MonitorResult", "PredictionLogError", "check_yield"]
+
+
+@pytest.mark.parametrize(
+    ("confident", "retrain"),
+    [(6, True), (7, False), (10, False), (0, True)],
+)
+def test_fixed_threshold_counts_confident_share_of_the_newest_window(prediction_store, confident, retrain):
+    prediction_store.log_many([0.1] * 5)  # older predictions, outside the window
+    prediction_store.log_many([0.95] * confident + [0.5] * (10 - confident))
+    result = run(prediction_store.log_path)
+    assert result.retrain is retrain
+    assert result.yield_value == pytest.approx(confident / 10)
+    assert (result.threshold_used, result.baseline, result.mode) == (0.7, None, "confidence")
+    assert (result.window_size, result.model_version) == (10, "1")
+    verdict = "is below the threshold 0.700: retrain" if retrain else "is not below the threshold 0.700: no retrain"
+    assert result.reason == (
+        f"yield {confident / 10:.3f} as share with confidence >= 0.90 over the last 10 predictions "
+        f"of model version 1 {verdict}."
+    )
+
+
+def test_confidence_equal_to_the_bar_counts(prediction_store):
+    prediction_store.log_many([0.9] * 10)
+    assert run(prediction_store.log_path).yield_value == 1.0
+
+
+def test_baseline_rule_compares_with_the_champions_first_window(prediction_store):
+    prediction_store.log_many([0.1] * 10, version="1")  # the previous champion: not this one's baseline
+    prediction_store.log_many([0.95] * 9 + [0.1], version="2")  # baseline 0.9
+    prediction_store.log_many([0.95] * 8 + [0.1] * 2, version="2")  # recent 0.8 < 0.85
+    result = run(prediction_store.log_path, yield_threshold=None)
+    assert result.retrain is True
+    assert (result.yield_value, result.baseline, result.model_version) == (0.8, 0.9, "2")
+    assert result.threshold_used == pytest.approx(0.85)
+    assert "is below 0.850 = max(baseline 0.900 - tolerance 0.050, floor 0.600): retrain" in result.reason
+
+
+def test_baseline_rule_within_tolerance_does_not_retrain(prediction_store):
+    prediction_store.log_many([0.95] * 9 + [0.1])  # baseline 0.9
+    prediction_store.log_many([0.95] * 9 + [0.1])  # recent 0.9
+    result = run(prediction_store.log_path, yield_threshold=None)
+    assert (result.retrain, result.baseline) == (False, 0.9)
+
+
+def test_floor_wins_over_a_low_baseline(prediction_store):
+    prediction_store.log_many([0.95] * 5 + [0.1] * 5)  # baseline 0.5; 0.5 - 0.05 < floor 0.6
+    result = run(prediction_store.log_path, yield_threshold=None)
+    assert result.threshold_used == 0.6
+    assert result.retrain is True  # the window is the baseline window here: 0.5 < 0.6
+
+
+def test_window_holds_only_the_current_champions_predictions(prediction_store):
+    prediction_store.log_many([0.1] * 20, version="1")
+    prediction_store.log_many([0.95] * 4, version="2")
+    result = run(prediction_store.log_path)
+    assert result.retrain is False
+    assert (result.window_size, result.yield_value, result.model_version) == (4, 1.0, "2")
+    assert result.reason.startswith("only 4 of 10 predictions by model version 2 so far (yield 1.000")
+
+
+def test_too_few_predictions_never_retrain(prediction_store):
+    prediction_store.log_many([0.1] * 3)
+    result = run(prediction_store.log_path, yield_threshold=None)
+    assert (result.retrain, result.baseline, result.threshold_used) == (False, None, None)
+    assert "only 3 of 10 predictions" in result.reason
+
+
+def test_window_of_one_class_is_fine(prediction_store):
+    prediction_store.log_many([0.95] * 10, label=2)
+    assert run(prediction_store.log_path).retrain is False
+
+
+def test_accuracy_mode_when_feedback_covers_the_window(prediction_store, tmp_path):
+    records = prediction_store.log_many([0.99] * 10, label=1)
+    feedback = tmp_path / "feedback.jsonl"
+    truth = [1] * 6 + [0] * 4  # confident, but 4 wrong
+    feedback.write_text("".join(json.dumps({"request_id": r["request_id"], "label": t}) + "\n"
+                                for r, t in zip(records, truth)))
+    result = run(prediction_store.log_path, feedback_log=feedback)
+    assert (result.mode, result.yield_value, result.retrain) == ("accuracy", 0.6, True)
+    assert "accuracy against feedback over the last 10 predictions" in result.reason
+
+
+def test_partial_feedback_falls_back_to_confidence(prediction_store, tmp_path):
+    records = prediction_store.log_many([0.99] * 10, label=1)
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_text(json.dumps({"request_id": records[0]["request_id"], "label": 0}) + "\n")
+    result = run(prediction_store.log_path, feedback_log=feedback)
+    assert (result.mode, result.yield_value) == ("confidence", 1.0)
+
+
+def test_feedback_is_matched_per_item_of_a_batch_request(prediction_store, tmp_path):
+    for item in range(10):
+        prediction_store.log(0.99, label=1, request_id="batch", item=item)
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_text("".join(json.dumps({"request_id": "batch", "item": i, "label": i % 2}) + "\n"
+                                for i in range(10)))
+    result = run(prediction_store.log_path, feedback_log=feedback)
+    assert (result.mode, result.yield_value) == ("accuracy", 0.5)
+
+
+def test_window_out_holds_the_window_with_feedback_labels(prediction_store, tmp_path):
+    prediction_store.log_many([0.2] * 3)
+    records = prediction_store.log_many([0.95] * 10)
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_text(json.dumps({"request_id": records[-1]["request_id"], "label": 2}) + "\n")
+    out = tmp_path / "out" / "window.jsonl"
+    run(prediction_store.log_path, feedback_log=feedback, window_out=out)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [w["request_id"] for w in written] == [r["request_id"] for r in records]
+    assert written[-1]["feedback_label"] == 2
+    assert "feedback_label" not in written[0]
+    assert written[0]["sample"] == records[0]["sample"]
+
+
+def test_truncated_last_line_is_skipped_and_reported(prediction_store):
+    prediction_store.log_many([0.95] * 10)
+    prediction_store.raw('{"request_id": "req-x", "time": 17000')
+    result = run(prediction_store.log_path)
+    assert (result.truncated_tail, result.window_size, result.yield_value) == (True, 10, 1.0)
+    assert result.reason.endswith("; the log's last line was cut short and skipped.")
+
+
+def test_interrupted_record_in_the_middle_is_skipped_and_reported(prediction_store):
+    """A writer that died mid-line leaves a fragment, which the next writer closes: losing that
+    one prediction must not stop every later monitor run."""
+    prediction_store.log_many([0.95] * 2)
+    prediction_store.raw('{"request_id": "req-x", "time": 17000\n')
+    prediction_store.log_many([0.95] * 2)
+    result = run(prediction_store.log_path)
+    assert (result.broken_lines, result.window_size, result.truncated_tail) == (1, 4, False)
+    assert result.reason.endswith("; 1 interrupted record(s) skipped (lines 3).")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("[1, 2]", "expected a JSON object, got list"),
+        ('{"request_id": "a", "model_version": "1", "label": 0, "confidence": 0.5}', "prediction record has no 'sample'"),
+        ('{"request_id": "a", "model_version": 1, "label": 0, "confidence": 0.5, "sample": "s"}',
+         "'model_version' must be str, got 1"),
+        ('{"request_id": "a", "model_version": "1", "label": true, "confidence": 0.5, "sample": "s"}',
+         "'label' must be int, got True"),
+        ('{"request_id": "a", "model_version": "1", "label": 0, "confidence": 1.5, "sample": "s"}',
+         r"'confidence' must be in \[0, 1\], got 1.5"),
+    ],
+)
+def test_malformed_record_names_file_and_line(prediction_store, line, message):
+    prediction_store.log(0.95)
+    prediction_store.raw(line + "\n")
+    with pytest.raises(PredictionLogError, match=rf"^{prediction_store.log_path}:2: {message}"):
+        run(prediction_store.log_path)
+
+
+def test_missing_log_is_an_error_naming_the_file(tmp_path):
+    with pytest.raises(PredictionLogError, match=rf"^prediction log {tmp_path}/nope.jsonl does not exist$"):
+        run(tmp_path / "nope.jsonl")
+
+
+@pytest.mark.parametrize("content", ["", '{"request_id": "cut'])
+def test_empty_log_is_an_error_naming_the_file(tmp_path, content):
+    log = tmp_path / "predictions.jsonl"
+    log.write_text(content)
+    with pytest.raises(PredictionLogError, match=rf"^{log}: no complete prediction in the log"):
+        run(log)
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ('{"request_id": "req-1"}', '{"request_id": "req-1"}'),
+        ('{"request_id": "req-1", "label": "cat"}', '"label": "cat"'),
+        ('{"request_id": 7, "label": 1}', '"request_id": 7'),
+        ('{"request_id": "req-1", "label": -2}', '"label": -2'),
+        ('"req-1,1"', '"req-1,1"'),
+    ],
+)
+def test_malformed_feedback_names_file_and_line(prediction_store, tmp_path, line, shown):
+    prediction_store.log_many([0.95] * 10)
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_text(json.dumps({"request_id": "req-2", "label": 0}) + "\n" + line + "\n")
+    with pytest.raises(PredictionLogError, match=rf'^{feedback}:2: expected {{"request_id": str') as caught:
+        run(prediction_store.log_path, feedback_log=feedback)
+    assert shown in str(caught.value)
+
+
+def test_missing_feedback_file_is_an_error(prediction_store, tmp_path):
+    prediction_store.log_many([0.95] * 10)
+    with pytest.raises(PredictionLogError, match="^feedback log .*/fb.jsonl does not exist$"):
+        run(prediction_store.log_path, feedback_log=tmp_path / "fb.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"recent_window": 0}, "recent_window must be an int >= 1, got 0"),
+        ({"yield_threshold": 1.5}, r"yield_threshold must be in \[0, 1\], got 1.5"),
+        ({"confidence": -0.1}, r"confidence must be in \[0, 1\], got -0.1"),
+    ],
+)
+def test_parameters_out_of_range(prediction_store, overrides, message):
+    prediction_store.log_many([0.95] * 10)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        run(prediction_store.log_path, **overrides)
+
+
+def test_result_to_dict(prediction_store):
+    prediction_store.log_many([0.95] * 10)
+    data = run(prediction_store.log_path).to_dict()
+    assert data["retrain"] is False and data["mode"] == "confidence" and data["baseline"] is None
+    json.dumps(data)
