@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     images.add_argument("--registry", help="image registry (default CTLOOP_IMAGE_REGISTRY or ghcr.io/ctloop)")
     images.add_argument("--tag", help="image tag (default CTLOOP_IMAGE_TAG or the package version)")
     images.add_argument("--push", action="store_true")
+    images.add_argument("--context", type=Path, default=Path("."), help="build context: a ctloop checkout (default .)")
     images.add_argument("--only", nargs="+", default=[], metavar="NAME", help="some stages and/or serving")
     images.set_defaults(command=_images)
     return parser
@@ -111,9 +112,10 @@ def _demo(args: argparse.Namespace) -> int:
     summary = run_demo(settings)
     print()
     print(summary_table(summary))
-    write_summary_json(summary, Path("run_summary.json"))
-    write_html_report(summary, Path("run_report.html"))
-    print("\nwrote run_summary.json and run_report.html")
+    summary_file, report_file = args.work_dir / "run_summary.json", args.work_dir / "run_report.html"
+    write_summary_json(summary, summary_file)
+    write_html_report(summary, report_file)
+    print(f"\nwrote {summary_file} and {report_file}")
     return 0
 
 
@@ -136,11 +138,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     models = args.models / "models"
     files = {role: models / f"{role}.pt" for role in ("champion", "b1", "b2")}
-    if not all(path.is_file() for path in files.values()):
-        from ctloop_app.bootstrap import bootstrap_digits
-
-        print(f"no models in {models}; bootstrapping on the bundled digits first")
-        bootstrap_digits(args.models)
+    missing = [path.name for path in files.values() if not path.is_file()]
+    if missing:
+        print(f"ctloop serve: no {', '.join(missing)} in {models}: serve needs the models of a bootstrap.\n"
+              f"  Train them on your labelled images:  ctloop bootstrap --image-folder DIR --out {args.models}\n"
+              f"  or on the bundled 8x8 digits:         ctloop bootstrap --out {args.models}", file=sys.stderr)
+        return 2
     with local_stack(args.work_dir) as stack:
         version = install_models(stack, files, args.models / "data" / "train.npz")
         print(f"champion v{version}, b1 and b2 are served by TorchServe")
@@ -218,7 +221,7 @@ def _images(args: argparse.Namespace) -> int:
     defaults = ImageSettings.from_env()
     images = ImageSettings(args.registry or defaults.registry, args.tag or defaults.tag)
     try:
-        build_images(images, push=args.push, only=tuple(args.only))
+        build_images(images, args.context, push=args.push, only=tuple(args.only))
     except (ValueError, ImageBuildError) as error:
         print(f"ctloop images: {error}", file=sys.stderr)
         return 1

@@ -13,7 +13,6 @@ from typing import Callable
 
 from kubeflow_pipeline.images import STAGES, ImageSettings
 
-ROOT = Path(__file__).resolve().parent.parent
 STAGE_DOCKERFILE = "components/Dockerfile"  # every stage; the STAGE build argument picks its requirements
 
 
@@ -58,10 +57,16 @@ def docker_engine():
     return client, ""
 
 
-def build_images(images: ImageSettings, push: bool = False, only: tuple[str, ...] = (), root: Path = ROOT,
+def build_images(images: ImageSettings, context: Path, push: bool = False, only: tuple[str, ...] = (),
                  engine: Callable = docker_engine, log: Callable[[str], None] = print) -> list[str]:
-    """Build the plan with the local engine; returns the refs built (none when no engine answers)."""
+    """Build the plan with the local engine; returns the refs built (none when no engine answers).
+
+    `context` is the build context, a ctloop checkout (the Dockerfiles copy its packages).
+    """
     plan = build_plan(images, only)
+    if not (context / STAGE_DOCKERFILE).is_file():
+        raise ValueError(f"{context.resolve()} is not a ctloop checkout (no {STAGE_DOCKERFILE}); "
+                         "run from the repository root or pass --context")
     client, reason = engine()
     if client is None:
         log(f"ctloop images: no Docker engine answered ({reason}); skipped building {len(plan)} images. "
@@ -71,7 +76,7 @@ def build_images(images: ImageSettings, push: bool = False, only: tuple[str, ...
     for item in plan:
         log(f"building {item.ref} from {item.dockerfile}")
         try:
-            client.images.build(path=str(root), dockerfile=item.dockerfile, buildargs=item.build_args, tag=item.ref,
+            client.images.build(path=str(context), dockerfile=item.dockerfile, buildargs=item.build_args, tag=item.ref,
                                 rm=True, pull=True)
         except Exception as error:  # docker.errors.BuildError / APIError: report which image failed
             raise ImageBuildError(f"building {item.ref} from {item.dockerfile} failed: {error}") from error

@@ -30,7 +30,7 @@ def test_unknown_image_names_are_refused() -> None:
 
 def test_without_an_engine_the_build_is_skipped() -> None:
     lines: list[str] = []
-    built = build_images(IMAGES, engine=lambda: (None, "no socket"), log=lines.append)
+    built = build_images(IMAGES, ROOT, engine=lambda: (None, "no socket"), log=lines.append)
     assert built == []
     assert lines == [lines[0]] and "no Docker engine answered (no socket); skipped building 9 images" in lines[0]
 
@@ -57,7 +57,7 @@ class FakeImages:
 def test_with_an_engine_each_image_is_built_from_the_root_and_pushed() -> None:
     images = FakeImages()
     client = type("Client", (), {"images": images})()
-    built = build_images(IMAGES, push=True, only=("train", "serving"), engine=lambda: (client, ""), log=lambda _: None)
+    built = build_images(IMAGES, ROOT, push=True, only=("train", "serving"), engine=lambda: (client, ""), log=lambda _: None)
     assert built == [IMAGES.image("train"), IMAGES.image("serving")]
     assert images.calls == [
         ("build", "components/Dockerfile", {"STAGE": "train"}, IMAGES.image("train"), str(ROOT)),
@@ -65,3 +65,8 @@ def test_with_an_engine_each_image_is_built_from_the_root_and_pushed() -> None:
         ("build", "serving/Dockerfile", {}, IMAGES.image("serving"), str(ROOT)),
         ("push", IMAGES.image("serving")),
     ]
+
+
+def test_a_context_that_is_not_a_checkout_is_named(tmp_path) -> None:
+    with pytest.raises(ValueError, match=rf"^{tmp_path} is not a ctloop checkout \(no components/Dockerfile\)"):
+        build_images(IMAGES, tmp_path, engine=lambda: (None, "unused"), log=lambda _: None)

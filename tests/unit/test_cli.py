@@ -1,0 +1,25 @@
+"""The `ctloop` commands' answers to a user's mistakes: a clear message and exit status 2, and
+nothing started or made up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ctloop_app.cli import main
+
+
+def test_bad_config_is_reported_without_a_traceback(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("val_ratio: lots\n")
+    assert main(["compile", "--config", str(config), "--out", str(tmp_path / "p.yaml")]) == 2
+    assert f"ctloop: {config}: val_ratio must be of type float" in capsys.readouterr().err
+
+
+def test_serve_without_models_says_so_and_shows_the_bootstrap_command(tmp_path: Path, capsys) -> None:
+    models = tmp_path / "nothing-here"
+    assert main(["serve", "--models", str(models), "--work-dir", str(tmp_path / "serve")]) == 2
+    error = capsys.readouterr().err
+    assert f"no champion.pt, b1.pt, b2.pt in {models / 'models'}" in error
+    assert f"ctloop bootstrap --image-folder DIR --out {models}" in error
+    assert f"ctloop bootstrap --out {models}" in error
+    assert not models.exists() and not (tmp_path / "serve").exists()  # nothing trained, nothing started
