@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ctloop.config import ConfigError, load_config
+from ctloop.config import ConfigError, default_config_text, load_config
 from ctloop.drift import DRIFT_KINDS
 from ctloop.images import ImageDataError
 
@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--ui-url", help="base of the run link (default the host)")
     submit.add_argument("--output-json", type=Path, help="also write the submission (ids, run link) here")
     submit.set_defaults(command=_submit)
+
+    config = commands.add_parser("config", help="print the shipped pipeline parameters, to start a --config file")
+    config.set_defaults(command=_config)
 
     images = commands.add_parser("images", help="build (and push) every stage image and the serving image")
     images.add_argument("--registry", help="image registry (default CTLOOP_IMAGE_REGISTRY or ghcr.io/ctloop)")
@@ -211,6 +214,11 @@ def _submit(args: argparse.Namespace) -> int:
     print(f"recurring yield check {done.recurring_run_id} ({args.schedule or kfp_submit.DEFAULT_SCHEDULE})")
     if args.output_json:
         args.output_json.write_text(json.dumps(done.to_dict(), indent=2))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(default_config_text(), end="")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ctloop.config import PipelineConfig, load_config
 from ctloop_app.cli import main
 
 
@@ -23,3 +24,10 @@ def test_serve_without_models_says_so_and_shows_the_bootstrap_command(tmp_path: 
     assert f"ctloop bootstrap --image-folder DIR --out {models}" in error
     assert f"ctloop bootstrap --out {models}" in error
     assert not models.exists() and not (tmp_path / "serve").exists()  # nothing trained, nothing started
+
+
+def test_config_prints_the_shipped_defaults_as_a_file_to_edit(tmp_path: Path, capsys) -> None:
+    assert main(["config"]) == 0
+    written = tmp_path / "mine.yaml"
+    written.write_text(capsys.readouterr().out)
+    assert load_config(written) == load_config() == PipelineConfig()
