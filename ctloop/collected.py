@@ -5,14 +5,12 @@ A contract between stages, so it lives in the library: no stage imports another.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ctloop.images import ImageDataError, write_atomic
+from ctloop.images import ImageDataError, load_arrays, save_arrays
 
 __all__ = ["UNLABELLED", "CollectedSet"]
 
@@ -53,34 +51,14 @@ class CollectedSet:
 
     def save(self, path: str | Path) -> None:
         """Write as .npz (no pickled objects), atomically."""
-        buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer,
-            images=self.images,
-            labels=self.labels,
-            is_new=self.is_new,
-            request_ids=np.asarray(self.request_ids, dtype=np.str_),
-            items=self.items,
-            class_names=np.array(self.class_names, dtype=np.str_),
-        )
-        write_atomic(path, buffer.getvalue())
+        save_arrays(path, images=self.images, labels=self.labels, is_new=self.is_new,
+                    request_ids=np.asarray(self.request_ids, dtype=np.str_), items=self.items,
+                    class_names=np.array(self.class_names, dtype=np.str_))
 
     @classmethod
     def load(cls, path: str | Path) -> "CollectedSet":
         """Read a set written by `save`; raise ImageDataError naming the file if it is not one."""
-        path = Path(path)
-        if not path.is_file():
-            raise ImageDataError(f"{path}: no such collected set")
-        try:
-            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-                missing = [key for key in _KEYS if key not in data.files]
-                if missing:
-                    raise ImageDataError(f"{path}: not a collected set, it lacks {', '.join(missing)}")
-                arrays = {key: data[key] for key in _KEYS}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            if isinstance(error, ImageDataError):
-                raise
-            raise ImageDataError(f"{path}: not a readable collected set ({error})") from error
+        arrays = load_arrays(path, _KEYS, "collected set")
         try:
             return cls(
                 images=arrays["images"],

@@ -53,28 +53,44 @@ class ImageSet:
 
     def save(self, path: str | Path) -> None:
         """Write as .npz (no pickled objects), atomically."""
-        buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer,
-            images=self.images,
-            labels=self.labels,
-            class_names=np.array(self.class_names, dtype=np.str_),
-        )
-        write_atomic(path, buffer.getvalue())
+        save_arrays(path, images=self.images, labels=self.labels, class_names=np.array(self.class_names, np.str_))
 
     @classmethod
     def load(cls, path: str | Path) -> "ImageSet":
+        arrays = load_arrays(path, ("images", "labels", "class_names"), "ctloop image set")
         try:
-            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-                return cls(
-                    images=data["images"].astype(np.float32, copy=False),
-                    labels=data["labels"].astype(np.int64, copy=False),
-                    class_names=tuple(str(name) for name in data["class_names"]),
-                )
-        except ImageDataError as error:
+            return cls(
+                images=arrays["images"].astype(np.float32, copy=False),
+                labels=arrays["labels"].astype(np.int64, copy=False),
+                class_names=tuple(str(name) for name in arrays["class_names"]),
+            )
+        except (ImageDataError, ValueError) as error:
             raise ImageDataError(f"{path}: {error}") from error
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-            raise ImageDataError(f"{path}: not a readable ctloop image set ({error})") from error
+
+
+def save_arrays(path: str | Path, **arrays: np.ndarray) -> None:
+    """Named arrays as one compressed .npz (no pickled objects), written atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())
+
+
+def load_arrays(path: str | Path, keys: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    """The named arrays of an .npz written by save_arrays, never unpickling; an ImageDataError
+    names the file when it is missing, unreadable, or not a `what` (lacks one of `keys`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageDataError(f"{path}: no such {what}")
+    try:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+            missing = [key for key in keys if key not in data.files]
+            if missing:
+                raise ImageDataError(f"{path}: not a {what}, it lacks {', '.join(missing)}")
+            return {key: data[key] for key in keys}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, ImageDataError):
+            raise
+        raise ImageDataError(f"{path}: not a readable {what} ({error})") from error
 
 
 def check_images(images: np.ndarray, where: str) -> None:

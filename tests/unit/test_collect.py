@@ -32,7 +32,8 @@ def previous_set(path: Path, count: int = 6, images: np.ndarray | None = None) -
 
 
 def test_public_names():
-    assert sorted(components.collect.__all__) == ["CollectSummary", "collect_window"]
+    assert sorted(components.collect.__all__) == ["CollectResult", "CollectSummary", "collect_from_registry",
+                                                  "collect_window"]
 
 
 def test_collects_the_window_samples_unlabelled(prediction_store, tmp_path):
@@ -121,7 +122,7 @@ def test_feedback_label_out_of_range_names_the_request(prediction_store, tmp_pat
     records = prediction_store.log_many([0.5] * 2)
     records[1] = {**records[1], "feedback_label": 7}
     window = write_window(tmp_path / "window.jsonl", records)
-    with pytest.raises(ImageDataError, match=rf"request 'req-2' has feedback_label 7; expected a class id in \[0, 2\]"):
+    with pytest.raises(ImageDataError, match=r"request 'req-2' has feedback_label 7; expected a class id in \[0, 2\]"):
         collect_window(window, prediction_store.root, tmp_path / "c.npz", None, CLASSES)
 
 
@@ -143,7 +144,7 @@ def test_previous_set_of_another_image_size_is_an_error(prediction_store, tmp_pa
 
 def test_missing_previous_set_names_the_file(prediction_store, tmp_path):
     window = write_window(tmp_path / "window.jsonl", prediction_store.log_many([0.5]))
-    with pytest.raises(ImageDataError, match=f"^{tmp_path}/nope.npz: not a readable ctloop image set"):
+    with pytest.raises(ImageDataError, match=f"^{tmp_path}/nope.npz: no such ctloop image set$"):
         collect_window(window, prediction_store.root, tmp_path / "c.npz", tmp_path / "nope.npz", CLASSES)
 
 
@@ -190,3 +191,13 @@ def test_collected_set_load_of_an_image_set_names_missing_keys(tmp_path):
     path = previous_set(tmp_path / "imageset.npz")
     with pytest.raises(ImageDataError, match=f"^{path}: not a collected set, it lacks is_new, request_ids, items$"):
         CollectedSet.load(path)
+
+
+def test_the_stage_outputs_are_the_counts_and_the_champions_shape(tmp_path):
+    from components.collect.logic import CollectResult, CollectSummary
+
+    summary = CollectSummary(out=tmp_path / "c.npz", new_samples=4, labelled_new=1, previous_samples=6,
+                             image_size=(8, 8))
+    result = CollectResult(summary, champion_version="3", image_size=(28, 32), num_classes=10)
+    assert result.outputs() == {"new_samples": 4, "total_samples": 10, "image_height": 28, "image_width": 32,
+                                "num_classes": 10}
