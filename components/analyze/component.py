@@ -1,4 +1,4 @@
-"""kfp wrapper of the analyze stage: forwards to components.analyze.logic.analyze."""
+"""kfp wrapper of the analyze stage: forwards to components.analyze.logic.analyze_against_champion."""
 
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -39,31 +39,19 @@ def analyze_op(
         challenger_golden: the challenger's confusion matrix on the golden set.
         champion_golden: the champion's confusion matrix on the golden set.
     """
-    import json
-    import tempfile
     from pathlib import Path
 
+    from components.analyze.logic import analyze_against_champion
     from ctloop.alerts import alert_on_failure
-    from components.analyze.logic import analyze
-    from ctloop import registry
 
-    with alert_on_failure("analyze", run_name), tempfile.TemporaryDirectory() as scratch:
-        uri = mlflow_tracking_uri or None
-        champion_version = registry.require_alias(registered_model, "champion", uri)
-        champion = registry.download_version(registered_model, champion_version, scratch, uri)
-        result = analyze(Path(challenger.path), champion.model_file, Path(holdout_set.path),
-                         Path(golden_set.path), min_improvement, max_golden_regression, Path(report.path))
-    flat = result.metrics()
-    for name, value in flat.items():
+    with alert_on_failure("analyze", run_name):
+        result = analyze_against_champion(Path(challenger.path), Path(holdout_set.path), Path(golden_set.path),
+                                          mlflow_tracking_uri, registered_model, min_improvement,
+                                          max_golden_regression, Path(report.path), Path(decision.path))
+    for name, value in result.metrics().items():
         metrics.log_metric(name, value)
-    matrices = {("challenger", "holdout"): challenger_new_data, ("champion", "holdout"): champion_new_data,
-                ("challenger", "golden"): challenger_golden, ("champion", "golden"): champion_golden}
-    for (model, data_set), output in matrices.items():
-        output.log_confusion_matrix(result.class_names, result.scores[model][data_set].confusion_matrix)
-    deltas = {f"{data_set} accuracy": flat[f"challenger_{data_set}_accuracy"] - flat[f"champion_{data_set}_accuracy"]
-              for data_set in ("holdout", "golden")}
-    for reason in result.reasons:
-        print(reason)
-    Path(decision.path).write_text(json.dumps({"deploy": result.deploy, "reasons": result.reasons,
-                                               "champion_version": champion_version, "deltas": deltas}))
+    outputs = {("challenger", "holdout"): challenger_new_data, ("champion", "holdout"): champion_new_data,
+               ("challenger", "golden"): challenger_golden, ("champion", "golden"): champion_golden}
+    for key, matrix in result.confusion_matrices().items():
+        outputs[key].log_confusion_matrix(result.class_names, matrix)
     return result.deploy

@@ -8,6 +8,8 @@ beats the champion by at least `min_improvement` on the new data and loses at mo
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,10 +59,84 @@ class AnalysisResult:
                 flat[f"{data_set}_count"] = float(score.count)
         return flat
 
+    def accuracy_deltas(self) -> dict[str, float]:
+        """Challenger minus champion accuracy per data set, named for people (the Slack message)."""
+        return {
+            f"{data_set} accuracy": self.scores["challenger"][data_set].accuracy
+            - self.scores["champion"][data_set].accuracy
+            for data_set in DATA_SETS
+        }
+
+    def confusion_matrices(self) -> dict[tuple[str, str], list[list[int]]]:
+        """Every confusion matrix by (model, data set), rows the true class, in `class_names` order."""
+        return {
+            (model, data_set): self.scores[model][data_set].confusion_matrix
+            for model in MODELS
+            for data_set in DATA_SETS
+        }
+
+    def decision(self, champion_version: str) -> dict[str, Any]:
+        """The decision document the notify stage reads: the decision, its reasons, the champion
+        version it was made against and the accuracy deltas."""
+        return {
+            "deploy": self.deploy,
+            "reasons": list(self.reasons),
+            "champion_version": str(champion_version),
+            "deltas": self.accuracy_deltas(),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         result = asdict(self)
         result["report"] = str(self.report)
         return result
+
+
+def analyze_against_champion(
+    challenger_file: Path,
+    holdout_set: Path,
+    golden_set: Path,
+    tracking_uri: str | None,
+    registered_model: str,
+    min_improvement: float,
+    max_golden_regression: float,
+    report_out: Path,
+    decision_out: Path,
+) -> AnalysisResult:
+    """The analyze stage: `analyze` against the model version MLflow's `champion` alias names.
+
+    The champion is looked up when the stage runs, not passed in by the pipeline: the registry
+    is the record of what serves, and a champion replaced since the run started is the one the
+    challenger must beat.
+
+    Args:
+        challenger_file: the challenger's TorchScript model file.
+        holdout_set: ImageSet .npz of pseudo-labelled new data.
+        golden_set: ImageSet .npz of labelled data from the original distribution.
+        tracking_uri: MLflow tracking URI ("" or None: MLFLOW_TRACKING_URI).
+        registered_model: the MLflow registered model whose `champion` alias is the model to beat.
+        min_improvement: required gain in holdout accuracy (challenger - champion).
+        max_golden_regression: allowed loss in golden accuracy (champion - challenger).
+        report_out: where to write the Markdown report.
+        decision_out: where to write AnalysisResult.decision() (JSON), which notify reads.
+
+    Returns:
+        The AnalysisResult; its reasons are also printed, for the stage's log.
+
+    Raises:
+        RegistryError: MLflow is unreachable or has no `champion` alias for the model.
+    """
+    # MLflow takes seconds to import; only this entry point needs it, not the scoring.
+    from ctloop import registry
+
+    with tempfile.TemporaryDirectory(prefix="ctloop-analyze-") as scratch:
+        version = registry.require_alias(registered_model, registry.CHAMPION, tracking_uri)
+        champion = registry.download_version(registered_model, version, scratch, tracking_uri)
+        result = analyze(Path(challenger_file), champion.model_file, Path(holdout_set), Path(golden_set),
+                         min_improvement, max_golden_regression, Path(report_out))
+    write_atomic(Path(decision_out), json.dumps(result.decision(version)).encode("utf-8"))
+    for reason in result.reasons:
+        print(reason)
+    return result
 
 
 def analyze(

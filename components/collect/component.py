@@ -1,4 +1,4 @@
-"""kfp wrapper of the collect stage: forwards to components.collect.logic.collect_window."""
+"""kfp wrapper of the collect stage: forwards to components.collect.logic.collect_from_registry."""
 
 from typing import NamedTuple
 
@@ -26,25 +26,14 @@ def collect_op(
         run_name: the pipeline run, for alerts.
         collected: the collected samples (CollectedSet .npz).
     """
-    import tempfile
     from collections import namedtuple
     from pathlib import Path
 
+    from components.collect.logic import collect_from_registry
     from ctloop.alerts import alert_on_failure
-    from components.collect.logic import collect_window
-    from ctloop import registry
-    from ctloop.images import ImageSet
 
-    with alert_on_failure("collect", run_name), tempfile.TemporaryDirectory() as scratch:
-        uri = mlflow_tracking_uri or None
-        version = registry.require_alias(registered_model, "champion", uri)
-        files = registry.download_version(registered_model, version, scratch, uri)
-        if files.train_set is None:
-            raise ValueError(f"champion version {version} of {registered_model!r} has no training set")
-        previous = ImageSet.load(files.train_set)
-        summary = collect_window(Path(window.path), Path(store_dir), Path(collected.path),
-                                 files.train_set if merge_previous else None, previous.class_names)
-    print(summary.to_dict())
+    with alert_on_failure("collect", run_name):
+        result = collect_from_registry(Path(window.path), Path(store_dir), Path(collected.path), merge_previous,
+                                       mlflow_tracking_uri, registered_model)
     outputs = namedtuple("CollectOutputs", "new_samples total_samples image_height image_width num_classes")
-    return outputs(summary.new_samples, summary.new_samples + summary.previous_samples,
-                   previous.image_size[0], previous.image_size[1], len(previous.class_names))
+    return outputs(**result.outputs())

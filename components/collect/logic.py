@@ -8,6 +8,7 @@ consensus filter must see it.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ctloop.images import ImageDataError, ImageSet
 from ctloop.wire import SHARD_PATTERN
 from serving.store import PredictionStoreError, load_samples, read_predictions
 
-__all__ = ["CollectSummary", "collect_window"]
+__all__ = ["CollectResult", "CollectSummary", "collect_from_registry", "collect_window"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,80 @@ class CollectSummary:
             "total_samples": self.new_samples + self.previous_samples,
             "image_size": list(self.image_size),
         }
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    """What the collect stage hands on: the summary, and the champion's image size and number of
+    classes, which validate checks the collected set against.
+
+    Attributes:
+        summary: what collect_window wrote.
+        champion_version: the registry version the `champion` alias named.
+        image_size: (H, W) of the champion's training images.
+        num_classes: the champion's number of classes.
+    """
+
+    summary: CollectSummary
+    champion_version: str
+    image_size: tuple[int, int]
+    num_classes: int
+
+    def outputs(self) -> dict[str, int]:
+        """The stage's outputs by name, as the pipeline wires them."""
+        return {
+            "new_samples": self.summary.new_samples,
+            "total_samples": self.summary.new_samples + self.summary.previous_samples,
+            "image_height": self.image_size[0],
+            "image_width": self.image_size[1],
+            "num_classes": self.num_classes,
+        }
+
+
+def collect_from_registry(
+    window_records: Path,
+    store_dir: Path,
+    out: Path,
+    merge_previous: bool,
+    tracking_uri: str | None,
+    registered_model: str,
+) -> CollectResult:
+    """The collect stage: collect_window against the model version MLflow's `champion` alias names.
+
+    The champion's training set is downloaded even when it is not merged: the champion defines
+    the task, so its class names are the ones feedback labels index into, and its image size and
+    class count are what validate checks the collected set against. ctloop registers every
+    version with its training set, so a champion without one is an error, not a case to guess.
+
+    Args:
+        window_records: the monitor's window JSONL.
+        store_dir: the prediction store the records' samples are in.
+        out: where to write the CollectedSet (.npz).
+        merge_previous: also merge the champion's training set into the collected set.
+        tracking_uri: MLflow tracking URI ("" or None: MLFLOW_TRACKING_URI).
+        registered_model: the MLflow registered model whose `champion` alias names the champion.
+
+    Raises:
+        RegistryError: MLflow is unreachable or has no `champion` alias for the model.
+        ValueError: the champion version was registered without its training set.
+        ImageDataError: as collect_window.
+    """
+    # MLflow takes seconds to import; only this entry point needs it, not the window logic.
+    from ctloop import registry
+
+    with tempfile.TemporaryDirectory(prefix="ctloop-collect-") as scratch:
+        version = registry.require_alias(registered_model, registry.CHAMPION, tracking_uri)
+        files = registry.download_version(registered_model, version, scratch, tracking_uri)
+        if files.train_set is None:
+            raise ValueError(
+                f"champion version {version} of {registered_model!r} has no training set; "
+                f"register versions with ctloop.registry.register_model_file(..., train_set=...)"
+            )
+        champion_set = ImageSet.load(files.train_set)
+        summary = collect_window(Path(window_records), Path(store_dir), Path(out),
+                                 files.train_set if merge_previous else None, champion_set.class_names)
+    print(summary.to_dict())
+    return CollectResult(summary, version, champion_set.image_size, len(champion_set.class_names))
 
 
 def collect_window(

@@ -1,4 +1,5 @@
-"""kfp wrapper of the consensus-filter stage: forwards to components.consensus.logic."""
+"""kfp wrapper of the consensus-filter stage: forwards to
+components.consensus.logic.consensus_filter_on_torchserve."""
 
 from typing import NamedTuple
 
@@ -35,21 +36,18 @@ def consensus_op(
         train_set: pseudo-labelled training rows plus previous rows (ImageSet .npz).
         holdout_set: pseudo-labelled holdout (ImageSet .npz), the analyze stage's new data.
         report: kept share, per-class counts and the B1/B2 agreement matrix.
-        metrics: kept, kept_share and pseudo-label precision when labels are known.
+        metrics: kept, kept_share, train_size, holdout_size and pseudo-label precision when labels are known.
     """
     from collections import namedtuple
     from pathlib import Path
 
+    from components.consensus.logic import consensus_filter_on_torchserve
     from ctloop.alerts import alert_on_failure
-    from components.consensus.logic import consensus_filter
-    from serving.client import client_from_env
 
     with alert_on_failure("consensus-filter", run_name):
-        client = client_from_env(ts_inference_url, ts_management_url)
-        result = consensus_filter(Path(collected.path), client, confidence_threshold, val_ratio, batch_size, seed,
-                                  Path(train_set.path), Path(holdout_set.path), Path(report.path), new_repeat)
-    for name in ("kept", "kept_share", "train_size", "holdout_size"):
-        metrics.log_metric(name, float(getattr(result, name)))
-    if result.pseudo_label_precision is not None:
-        metrics.log_metric("pseudo_label_precision", result.pseudo_label_precision)
+        result = consensus_filter_on_torchserve(Path(collected.path), ts_inference_url, ts_management_url,
+                                                confidence_threshold, val_ratio, batch_size, seed, Path(train_set.path),
+                                                Path(holdout_set.path), Path(report.path), new_repeat)
+    for name, value in result.metrics().items():
+        metrics.log_metric(name, value)
     return namedtuple("ConsensusOutputs", "kept kept_share")(result.kept, result.kept_share)

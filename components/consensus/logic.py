@@ -18,7 +18,7 @@ import numpy as np
 
 from ctloop.collected import UNLABELLED, CollectedSet
 from ctloop.images import ImageSet, stratified_split, write_atomic
-from serving.client import TorchServeClient, TorchServeError
+from serving.client import TorchServeClient, TorchServeError, client_from_env
 
 
 class BranchUnavailableError(RuntimeError):
@@ -47,6 +47,13 @@ class ConsensusReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def metrics(self) -> dict[str, float]:
+        """Scalar metrics; pseudo-label precision only when feedback gave some kept rows a label."""
+        figures = {name: float(getattr(self, name)) for name in ("kept", "kept_share", "train_size", "holdout_size")}
+        if self.pseudo_label_precision is not None:
+            figures["pseudo_label_precision"] = self.pseudo_label_precision
+        return figures
 
 
 def ask_branch(
@@ -138,6 +145,45 @@ def consensus_filter(
     report = _report(collected, new, first, second, keep, len(train), len(holdout))
     write_atomic(report_out, _markdown(report, confidence_threshold, branches).encode())
     return report
+
+
+def consensus_filter_on_torchserve(
+    collected_path: Path,
+    inference_url: str,
+    management_url: str,
+    confidence_threshold: float,
+    val_ratio: float,
+    batch_size: int,
+    seed: int,
+    train_out: Path,
+    holdout_out: Path,
+    report_out: Path,
+    new_repeat: int = 1,
+) -> ConsensusReport:
+    """The consensus-filter stage: consensus_filter with B1 and B2 as TorchServe serves them.
+
+    The keys come from the environment (serving.client.client_from_env), never from pipeline
+    parameters, which Kubeflow shows to anyone who can see the run.
+
+    Args:
+        collected_path: the validated CollectedSet (.npz).
+        inference_url: TorchServe inference API serving b1 and b2.
+        management_url: TorchServe management API.
+        confidence_threshold: each branch must be at least this confident.
+        val_ratio: share of pseudo-labelled samples held out, per class.
+        batch_size: images per request to a branch model.
+        seed: seed of the split.
+        train_out: where to write the training rows (ImageSet .npz).
+        holdout_out: where to write the holdout (ImageSet .npz).
+        report_out: where to write the Markdown report.
+        new_repeat: how often each pseudo-labelled training row is repeated.
+    """
+    client = client_from_env(inference_url, management_url)
+    try:
+        return consensus_filter(Path(collected_path), client, confidence_threshold, val_ratio, batch_size, seed,
+                                Path(train_out), Path(holdout_out), Path(report_out), new_repeat)
+    finally:
+        client.close()
 
 
 def _report(

@@ -1,4 +1,4 @@
-"""kfp wrapper of the deploy stage: forwards to components.deploy.logic.deploy_challenger."""
+"""kfp wrapper of the deploy stage: forwards to components.deploy.logic.deploy_to_torchserve."""
 
 from typing import NamedTuple
 
@@ -36,17 +36,13 @@ def deploy_op(
     from collections import namedtuple
     from pathlib import Path
 
+    from components.deploy.logic import deploy_to_torchserve
     from ctloop.alerts import alert_on_failure
-    from components.deploy.logic import deploy_challenger
-    from serving.client import client_from_env
 
     with alert_on_failure("deploy", run_name):
-        client = client_from_env(ts_inference_url, ts_management_url)
-        outcome = deploy_challenger(Path(challenger.path), version, Path(canary_set.path), Path(model_store),
-                                    client, registered_model, mlflow_tracking_uri or None,
-                                    keep_versions=keep_versions)
-    for step in outcome.steps:
-        metrics.log_metric(f"{step['name']}_seconds", step["seconds"])
-    if outcome.canary_accuracy is not None:
-        metrics.log_metric("canary_accuracy", outcome.canary_accuracy)
-    return namedtuple("DeployOutputs", "old_version new_version")(outcome.old_version or "", outcome.new_version)
+        outcome = deploy_to_torchserve(Path(challenger.path), version, Path(canary_set.path), Path(model_store),
+                                       ts_inference_url, ts_management_url, mlflow_tracking_uri, registered_model,
+                                       keep_versions)
+    for name, value in outcome.metrics().items():
+        metrics.log_metric(name, value)
+    return namedtuple("DeployOutputs", "old_version new_version")(**outcome.outputs())

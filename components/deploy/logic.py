@@ -15,8 +15,10 @@ from typing import Any
 from ctloop import registry
 from ctloop.images import ImageSet
 from serving.archive import build_archive
-from serving.client import TorchServeClient, TorchServeError
+from serving.client import TorchServeClient, TorchServeError, client_from_env
 from serving.deploy import deploy
+
+__all__ = ["DeployFailedError", "DeployOutcome", "deploy_challenger", "deploy_to_torchserve"]
 
 
 class DeployFailedError(RuntimeError):
@@ -25,6 +27,18 @@ class DeployFailedError(RuntimeError):
 
 @dataclass(frozen=True)
 class DeployOutcome:
+    """What a successful deploy did.
+
+    Attributes:
+        new_version: the version now serving as the default (and MLflow's `champion`).
+        old_version: the TorchServe default before the deploy; None if none served.
+        previous_champion: the version MLflow's `previous-champion` alias now names; None if
+            there was no champion before.
+        canary_accuracy: accuracy of the new version on the canary images.
+        steps: serving's deploy steps, each {"name", "seconds", "ok", "detail"}.
+        removed_versions: older TorchServe versions unregistered to keep `keep_versions`.
+    """
+
     new_version: str
     old_version: str | None
     previous_champion: str | None
@@ -34,6 +48,52 @@ class DeployOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def metrics(self) -> dict[str, float]:
+        """Seconds per deploy step (`<step>_seconds`) and the canary accuracy when known."""
+        figures = {f"{step['name']}_seconds": float(step["seconds"]) for step in self.steps}
+        if self.canary_accuracy is not None:
+            figures["canary_accuracy"] = self.canary_accuracy
+        return figures
+
+    def outputs(self) -> dict[str, str]:
+        """The stage's outputs by name; old_version is "" when nothing served before (a kfp
+        output cannot be None)."""
+        return {"old_version": self.old_version or "", "new_version": self.new_version}
+
+
+def deploy_to_torchserve(
+    model_file: Path,
+    version: str,
+    canary_set: Path,
+    model_store: Path,
+    inference_url: str,
+    management_url: str,
+    tracking_uri: str | None,
+    registered_model: str,
+    keep_versions: int = 3,
+) -> DeployOutcome:
+    """The deploy stage: deploy_challenger on the TorchServe at these URLs, keys from the
+    environment (serving.client.client_from_env), never from pipeline parameters, which Kubeflow
+    shows to anyone who can see the run.
+
+    Args:
+        model_file: the challenger's TorchScript file.
+        version: its MLflow model version, which becomes its TorchServe version.
+        canary_set: labelled ImageSet (.npz) for the smoke test.
+        model_store: TorchServe's model store directory.
+        inference_url: TorchServe inference API.
+        management_url: TorchServe management API.
+        tracking_uri: MLflow tracking URI ("" or None: MLFLOW_TRACKING_URI).
+        registered_model: the MLflow registered model name.
+        keep_versions: TorchServe versions kept; older non-default ones are unregistered.
+    """
+    client = client_from_env(inference_url, management_url)
+    try:
+        return deploy_challenger(Path(model_file), version, Path(canary_set), Path(model_store), client,
+                                 registered_model, tracking_uri, keep_versions=keep_versions)
+    finally:
+        client.close()
 
 
 def deploy_challenger(
@@ -57,10 +117,14 @@ def deploy_challenger(
         model_store: TorchServe's model store directory, where the archive is written.
         client: TorchServe client with management and inference keys.
         registered_model: the MLflow registered model name.
-        tracking_uri: MLflow tracking URI (None: MLFLOW_TRACKING_URI).
+        tracking_uri: MLflow tracking URI ("" or None: MLFLOW_TRACKING_URI).
         serving_name: TorchServe model name of the champion.
         keep_versions: TorchServe versions kept; older non-default ones are unregistered.
         canary_size: how many canary images to send.
+
+    Raises:
+        DeployFailedError: serving rolled the new version back, or the `champion` alias could
+            not move and serving was switched back to the old default.
     """
     canary = ImageSet.load(canary_set)
     canary = canary.subset(slice(0, canary_size))
@@ -101,6 +165,7 @@ def _default_workers(client: TorchServeClient, serving_name: str) -> int:
 
 
 def _switch_back(client: TorchServeClient, serving_name: str, old: str | None, new: str) -> None:
+    """Undo a deploy whose alias could not move: the old default serves again, the new version goes."""
     if old is not None:
         client.set_default(serving_name, old)
         client.unregister(serving_name, new)

@@ -1,4 +1,4 @@
-"""kfp wrapper of the monitor stage: forwards to components.monitor.logic.check_yield."""
+"""kfp wrapper of the monitor stage: forwards to components.monitor.logic.check_store_yield."""
 
 from kfp.dsl import Artifact, Dataset, Metrics, Output
 
@@ -29,27 +29,17 @@ def monitor_op(
         run_name: the pipeline run, for alerts.
         window: the window's prediction records (JSON lines), for collect.
         decision: the decision and its figures (JSON), for the Slack message.
-        metrics: the yield figures.
+        metrics: the yield figures (yield_value, window_size, and baseline when the baseline rule ran).
     """
-    import json
     from pathlib import Path
 
+    from components.monitor.logic import check_store_yield
     from ctloop.alerts import alert_on_failure
-    from components.monitor.logic import check_yield
 
     with alert_on_failure("monitor", run_name):
-        store = Path(store_dir)
-        feedback = store / "feedback.jsonl"
-        result = check_yield(
-            store / "predictions.jsonl", recent_window,
-            yield_threshold if use_yield_threshold else None,
-            yield_drop_tolerance, yield_floor, yield_confidence,
-            feedback_log=feedback if feedback.exists() else None, window_out=Path(window.path),
-        )
-    for name in ("yield_value", "window_size"):
-        metrics.log_metric(name, float(getattr(result, name)))
-    if result.baseline is not None:
-        metrics.log_metric("baseline", result.baseline)
-    Path(decision.path).write_text(json.dumps(result.to_dict()))
-    print(result.reason)
+        result = check_store_yield(Path(store_dir), recent_window, yield_threshold, use_yield_threshold,
+                                   yield_drop_tolerance, yield_floor, yield_confidence, Path(window.path),
+                                   Path(decision.path))
+    for name, value in result.metrics().items():
+        metrics.log_metric(name, value)
     return result.retrain

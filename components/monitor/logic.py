@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ctloop.images import write_atomic
-from serving.store import PredictionLogError, read_jsonl, read_predictions
+from serving.store import LOG_NAME, PredictionLogError, read_jsonl, read_predictions
 
-__all__ = ["MonitorResult", "PredictionLogError", "check_yield"]
+__all__ = ["MonitorResult", "PredictionLogError", "check_store_yield", "check_yield"]
+
+FEEDBACK_NAME = "feedback.jsonl"  # ground truth beside the prediction log, when the line sends any
 
 Mode = Literal["confidence", "accuracy"]
 
@@ -55,6 +57,58 @@ class MonitorResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def metrics(self) -> dict[str, float]:
+        """The figures as scalar metrics; `baseline` only when the baseline rule produced one."""
+        figures = {"yield_value": self.yield_value, "window_size": float(self.window_size)}
+        if self.baseline is not None:
+            figures["baseline"] = self.baseline
+        return figures
+
+
+def check_store_yield(
+    store_dir: Path,
+    recent_window: int,
+    yield_threshold: float,
+    use_yield_threshold: bool,
+    yield_drop_tolerance: float,
+    yield_floor: float,
+    confidence: float,
+    window_out: Path,
+    decision_out: Path,
+) -> MonitorResult:
+    """The monitor stage on a prediction store: check_yield over its log, with its feedback when
+    there is any, writing the window (for collect) and the decision as JSON (for notify).
+
+    kfp parameters cannot be None, so the pipeline passes the threshold together with
+    `use_yield_threshold`; False means the baseline rule. A store without feedback.jsonl simply
+    has no ground truth yet, which is not an error.
+
+    Args:
+        store_dir: the prediction store root holding predictions.jsonl (and feedback.jsonl if any).
+        recent_window: how many of the champion's newest predictions form the window.
+        yield_threshold: retrain when yield < this, if `use_yield_threshold`.
+        use_yield_threshold: False ignores `yield_threshold` and applies the baseline rule.
+        yield_drop_tolerance: baseline rule: allowed drop below the champion's baseline yield.
+        yield_floor: baseline rule: never tolerate a yield below this.
+        confidence: a prediction counts towards the confidence yield when its confidence >= this.
+        window_out: where to write the window's records (JSONL).
+        decision_out: where to write MonitorResult.to_dict() (JSON); notify's announce_retrain
+            reads it.
+
+    Returns:
+        The decision and its figures; its reason is also printed, for the stage's log.
+    """
+    store_dir = Path(store_dir)
+    feedback = store_dir / FEEDBACK_NAME
+    result = check_yield(
+        store_dir / LOG_NAME, recent_window, yield_threshold if use_yield_threshold else None,
+        yield_drop_tolerance, yield_floor, confidence,
+        feedback_log=feedback if feedback.exists() else None, window_out=Path(window_out),
+    )
+    write_atomic(Path(decision_out), json.dumps(result.to_dict()).encode("utf-8"))
+    print(result.reason)
+    return result
 
 
 def check_yield(

@@ -1,5 +1,21 @@
-"""notify: the Slack messages of a run (retraining started, deployed, not deployed)."""
+"""notify: the Slack messages of a run (retraining started, deployed, not deployed, run failed)."""
 
-from components.notify.logic import deployed, not_deployed, retrain_started
+from components.notify.logic import (
+    announce_deployed,
+    announce_not_deployed,
+    announce_retrain,
+    announce_run_end,
+    deployed,
+    not_deployed,
+    retrain_started,
+)
 
-__all__ = ["deployed", "not_deployed", "retrain_started"]
+__all__ = [
+    "announce_deployed",
+    "announce_not_deployed",
+    "announce_retrain",
+    "announce_run_end",
+    "deployed",
+    "not_deployed",
+    "retrain_started",
+]

@@ -10,16 +10,11 @@ def notify_retrain_op(decision: Input[Artifact], run_name: str):
         decision: the monitor's decision and figures (JSON).
         run_name: the pipeline run.
     """
-    import json
     from pathlib import Path
 
-    from ctloop.alerts import deliver
-    from components.notify.logic import retrain_started
+    from components.notify.logic import announce_retrain
 
-    figures = json.loads(Path(decision.path).read_text())
-    deliver(retrain_started(figures["yield_value"], figures["threshold_used"], figures["window_size"],
-                            figures["model_version"], mode=figures["mode"], baseline=figures["baseline"],
-                            reason=figures["reason"], run_name=run_name))
+    announce_retrain(Path(decision.path), run_name)
 
 
 def notify_deployed_op(old_version: str, new_version: str, decision: Input[Artifact], run_name: str):
@@ -31,14 +26,11 @@ def notify_deployed_op(old_version: str, new_version: str, decision: Input[Artif
         decision: the analyze stage's decision with the metric deltas (JSON).
         run_name: the pipeline run.
     """
-    import json
     from pathlib import Path
 
-    from ctloop.alerts import deliver
-    from components.notify.logic import deployed
+    from components.notify.logic import announce_deployed
 
-    deltas = json.loads(Path(decision.path).read_text())["deltas"]
-    deliver(deployed(old_version, new_version, deltas, run_name=run_name))
+    announce_deployed(old_version, new_version, Path(decision.path), run_name)
 
 
 def notify_not_deployed_op(decision: Input[Artifact], run_name: str):
@@ -48,13 +40,11 @@ def notify_not_deployed_op(decision: Input[Artifact], run_name: str):
         decision: the analyze stage's decision with its reasons (JSON).
         run_name: the pipeline run.
     """
-    import json
     from pathlib import Path
 
-    from ctloop.alerts import deliver
-    from components.notify.logic import not_deployed
+    from components.notify.logic import announce_not_deployed
 
-    deliver(not_deployed(json.loads(Path(decision.path).read_text())["reasons"], run_name=run_name))
+    announce_not_deployed(Path(decision.path), run_name)
 
 
 def notify_run_end_op(status: PipelineTaskFinalStatus, run_name: str):
@@ -64,9 +54,6 @@ def notify_run_end_op(status: PipelineTaskFinalStatus, run_name: str):
         status: Kubeflow's final status of the pipeline's tasks.
         run_name: the pipeline run.
     """
-    from ctloop.alerts import deliver
-    from ctloop.alerts import run_failed
+    from components.notify.logic import announce_run_end
 
-    print(f"run {run_name}: {status.state}")
-    if status.state != "SUCCEEDED":
-        deliver(run_failed("pipeline", status.error_message or status.state, run_name=run_name))
+    announce_run_end(status.state, status.error_message, run_name)

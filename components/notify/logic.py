@@ -2,17 +2,105 @@
 
 Each builder returns `{"text": fallback, "blocks": [...]}`, the body of a webhook post, which
 `ctloop.alerts.deliver` sends (the run-failed message is ctloop.alerts.run_failed: every stage
-sends it when it fails).
+sends it when it fails). The `announce_*` functions are the stage: they read the decision
+documents the monitor and analyze stages wrote, build the message and deliver it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from ctloop import slack
-from ctloop.slack import Message
+from ctloop.alerts import deliver, run_failed
+from ctloop.slack import Delivery, Message
 
-__all__ = ["deployed", "not_deployed", "retrain_started"]
+__all__ = [
+    "announce_deployed",
+    "announce_not_deployed",
+    "announce_retrain",
+    "announce_run_end",
+    "deployed",
+    "not_deployed",
+    "retrain_started",
+]
+
+# The fields of the monitor's decision (MonitorResult.to_dict()) that the message shows.
+_RETRAIN_FIELDS = ("yield_value", "threshold_used", "window_size", "model_version", "mode", "baseline", "reason")
+_SUCCEEDED = "SUCCEEDED"
+
+
+def announce_retrain(decision_path: Path, run_name: str | None = None) -> Delivery:
+    """Slack: retraining started, with the figures of the monitor's decision JSON.
+
+    The monitor writes its whole MonitorResult (MonitorResult.to_dict()), which also holds what
+    the message does not show (`retrain`, `truncated_tail`, `broken_lines`); the message's
+    figures are picked from it by name.
+
+    Args:
+        decision_path: the monitor's decision (JSON).
+        run_name: the pipeline run, shown as context.
+    """
+    figures = _read_decision(decision_path, _RETRAIN_FIELDS, "the monitor's MonitorResult.to_dict()")
+    return deliver(retrain_started(**{name: figures[name] for name in _RETRAIN_FIELDS}, run_name=run_name))
+
+
+def announce_deployed(old_version: str, new_version: str, decision_path: Path,
+                      run_name: str | None = None) -> Delivery:
+    """Slack: the challenger was deployed, with the accuracy deltas of analyze's decision JSON.
+
+    Args:
+        old_version: the champion version replaced.
+        new_version: the new champion version.
+        decision_path: the analyze stage's decision (JSON with "deltas").
+        run_name: the pipeline run, shown as context.
+    """
+    decision = _read_decision(decision_path, ("deltas",), "the analyze stage's AnalysisResult.decision()")
+    return deliver(deployed(old_version, new_version, decision["deltas"], run_name=run_name))
+
+
+def announce_not_deployed(decision_path: Path, run_name: str | None = None) -> Delivery:
+    """Slack: the challenger was not deployed, with the reasons of analyze's decision JSON.
+
+    Args:
+        decision_path: the analyze stage's decision (JSON with "reasons").
+        run_name: the pipeline run, shown as context.
+    """
+    decision = _read_decision(decision_path, ("reasons",), "the analyze stage's AnalysisResult.decision()")
+    return deliver(not_deployed(decision["reasons"], run_name=run_name))
+
+
+def announce_run_end(state: str, error_message: str | None, run_name: str | None = None) -> Delivery | None:
+    """The exit handler: alert unless the run succeeded. Kubeflow only tells it that a task
+    failed, not which or why (the failing stage has already alerted with its own error), so
+    the alert names the pipeline and Kubeflow's message, or the state when there is none.
+
+    Args:
+        state: Kubeflow's final state of the run's tasks ("SUCCEEDED", "FAILED", ...).
+        error_message: Kubeflow's error message, if any.
+        run_name: the pipeline run, shown as context.
+
+    Returns:
+        The alert's delivery, or None when the run succeeded and nothing was sent.
+    """
+    print(f"run {run_name}: {state}")
+    if state == _SUCCEEDED:
+        return None
+    return deliver(run_failed("pipeline", error_message or state, run_name=run_name))
+
+
+def _read_decision(path: Path, required: Sequence[str], written_by: str) -> dict[str, Any]:
+    """A decision document of an earlier stage, with the keys this message needs."""
+    try:
+        decision = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: decision is not JSON ({error}); expected {written_by} as JSON") from error
+    missing = [key for key in required if not isinstance(decision, dict) or key not in decision]
+    if missing:
+        raise ValueError(f"{path}: decision lacks {', '.join(missing)}; expected {written_by} as JSON")
+    return decision
 
 
 def retrain_started(
@@ -25,8 +113,11 @@ def retrain_started(
     reason: str = "",
     run_name: str | None = None,
 ) -> Message:
-    """A run started because the champion's yield dropped; the monitor's figures (the argument
-    names are MonitorResult's fields, so `retrain_started(**figures)` works on its dict).
+    """A run started because the champion's yield dropped; the monitor's figures.
+
+    The argument names are MonitorResult's field names, but MonitorResult.to_dict() holds more
+    fields than these, so it cannot be passed as `**kwargs`: announce_retrain picks these
+    fields out of the monitor's decision JSON.
 
     Args:
         yield_value: the window's yield.

@@ -37,9 +37,9 @@ def train_op(
 
     with alert_on_failure("train", run_name):
         result = train_challenger(Path(train_set.path), Path(holdout_set.path), epochs, seed,
-                                  mlflow_tracking_uri or None, registered_model, Path(model.path))
+                                  mlflow_tracking_uri, registered_model, Path(model.path))
     for name, value in result.metrics.items():
-        metrics.log_metric(name, float(value))
+        metrics.log_metric(name, value)
     model.metadata["mlflow_version"] = result.version
     model.metadata["mlflow_run_id"] = result.run_id
     return namedtuple("TrainOutputs", "version run_id")(result.version, result.run_id)

@@ -34,7 +34,8 @@ ROLE = "champion"
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What the train stage produced: the registered version, its run and the final metrics."""
+    """What the train stage produced: the registered version, its run and the final metrics
+    (floats, ready for kfp Metrics)."""
 
     version: str
     run_id: str
@@ -66,7 +67,7 @@ def train_challenger(
         holdout_set: ImageSet .npz for per-epoch val_accuracy, or None (or empty) for none.
         epochs: Number of training epochs.
         seed: Seed of the champion recipe (initialisation and batch order).
-        tracking_uri: MLflow tracking URI; None means MLFLOW_TRACKING_URI.
+        tracking_uri: MLflow tracking URI; "" or None means MLFLOW_TRACKING_URI.
         model_name: Registered model name.
         out_model: Where to write the challenger's TorchScript file.
         experiment: MLflow experiment for a new run (ignored when MLFLOW_RUN_ID is set).
@@ -120,8 +121,8 @@ def train_challenger(
 
     final = history[-1]
     metrics = {
-        "loss": final.loss,
-        "train_accuracy": final.train_accuracy,
+        "loss": float(final.loss),
+        "train_accuracy": float(final.train_accuracy),
         "train_seconds": time.monotonic() - started,
     }
     if holdout is not None and len(holdout):

@@ -13,6 +13,7 @@ from components.consensus.logic import (
     BranchUnavailableError,
     ask_branch,
     consensus_filter,
+    consensus_filter_on_torchserve,
 )
 from ctloop.images import stratified_split
 from ctloop.images import ImageSet
@@ -91,6 +92,34 @@ def test_keeps_exactly_the_confident_agreements(serving, branches, tmp_path: Pat
         match = np.flatnonzero((kept_images == image).all(axis=(1, 2)))
         assert len(match) == 1 and labels[0][keep][match[0]] == label
     assert "Agreement matrix" in (tmp_path / "report.md").read_text()
+
+
+def test_the_stage_entry_point_takes_the_keys_from_the_environment(serving, branches, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    window = digits(1200, 1260)
+    path = collected_set(tmp_path / "collected.npz", window.images, previous=10, truth=window.labels)
+    expected = consensus_filter(path, serving.client, 0.5, 0.2, 16, 3, tmp_path / "expected-train.npz",
+                                tmp_path / "expected-holdout.npz", tmp_path / "expected-report.md", new_repeat=2)
+    monkeypatch.setenv("CTLOOP_TS_KEY_FILE", str(serving.server.key_file))
+    report = consensus_filter_on_torchserve(path, serving.server.inference_url, serving.server.management_url, 0.5,
+                                            0.2, 16, 3, tmp_path / "train.npz", tmp_path / "holdout.npz",
+                                            tmp_path / "report.md", new_repeat=2)
+    assert report == expected and report.kept > 0
+    for name in ("train", "holdout"):
+        written, reference = (ImageSet.load(tmp_path / f"{prefix}{name}.npz") for prefix in ("", "expected-"))
+        np.testing.assert_array_equal(written.images, reference.images)
+        np.testing.assert_array_equal(written.labels, reference.labels)
+    assert (tmp_path / "report.md").read_text() == (tmp_path / "expected-report.md").read_text()
+
+
+def test_the_stage_entry_point_without_keys_says_where_to_put_them(tmp_path: Path) -> None:
+    from serving.client import TorchServeError
+
+    with pytest.raises(TorchServeError, match="no TorchServe keys: set CTLOOP_TS_KEY_FILE or CTLOOP_TS_MANAGEMENT_KEY"):
+        consensus_filter_on_torchserve(tmp_path / "collected.npz", "http://127.0.0.1:9", "http://127.0.0.1:9", 0.5,
+                                       0.2, 16, 0, tmp_path / "train.npz", tmp_path / "holdout.npz",
+                                       tmp_path / "report.md")
+    assert not (tmp_path / "train.npz").exists()
 
 
 def test_nothing_kept_when_threshold_is_unreachable(serving, branches, tmp_path: Path) -> None:

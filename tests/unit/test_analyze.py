@@ -169,3 +169,32 @@ def test_scores_from_labels_agree_with_sklearn() -> None:
     assert scores.macro_f1 == pytest.approx(f1_score(truth, predicted, average="macro"))
     assert scores.per_class_recall == pytest.approx([2 / 3, 2 / 3, 1 / 2, None])
     assert scores.confusion_matrix[0] == [2, 1, 0, 0]
+
+
+def test_accuracy_deltas_are_challenger_minus_champion(digits: dict[str, Path], tmp_path: Path) -> None:
+    result = _analyze(digits, "good", "bad", tmp_path / "report.md")
+    deltas = result.accuracy_deltas()
+    assert list(deltas) == ["holdout accuracy", "golden accuracy"]
+    for data_set in ("holdout", "golden"):
+        gain = result.scores["challenger"][data_set].accuracy - result.scores["champion"][data_set].accuracy
+        assert deltas[f"{data_set} accuracy"] == pytest.approx(gain) and gain > 0.5
+    reversed_deltas = _analyze(digits, "bad", "good", tmp_path / "report.md").accuracy_deltas()
+    assert reversed_deltas == pytest.approx({name: -delta for name, delta in deltas.items()})
+
+
+def test_confusion_matrices_by_model_and_data_set(digits: dict[str, Path], tmp_path: Path) -> None:
+    result = _analyze(digits, "good", "bad", tmp_path / "report.md")
+    matrices = result.confusion_matrices()
+    assert set(matrices) == {(model, data_set) for model in ("champion", "challenger")
+                             for data_set in ("holdout", "golden")}
+    for (model, data_set), matrix in matrices.items():
+        assert matrix == result.scores[model][data_set].confusion_matrix
+    assert matrices[("challenger", "golden")] != matrices[("champion", "golden")]
+
+
+def test_the_decision_document_for_notify(digits: dict[str, Path], tmp_path: Path) -> None:
+    result = _analyze(digits, "bad", "good", tmp_path / "report.md")
+    decision = result.decision("7")
+    assert decision == {"deploy": False, "reasons": result.reasons, "champion_version": "7",
+                        "deltas": result.accuracy_deltas()}
+    assert json.loads(json.dumps(decision)) == decision

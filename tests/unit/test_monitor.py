@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import components.monitor
-from components.monitor.logic import PredictionLogError, check_yield
+from components.monitor.logic import MonitorResult, PredictionLogError, check_store_yield, check_yield
 
 DEFAULTS = dict(recent_window=10, yield_threshold=0.7, yield_drop_tolerance=0.05, yield_floor=0.6, confidence=0.9)
 
@@ -18,7 +18,8 @@ def run(log: Path, **overrides):
 
 
 def test_public_names():
-    assert sorted(components.monitor.__all__) == ["MonitorResult", "PredictionLogError", "check_yield"]
+    assert sorted(components.monitor.__all__) == ["MonitorResult", "PredictionLogError", "check_store_yield",
+                                                  "check_yield"]
 
 
 @pytest.mark.parametrize(
@@ -230,3 +231,57 @@ def test_result_to_dict(prediction_store):
     data = run(prediction_store.log_path).to_dict()
     assert data["retrain"] is False and data["mode"] == "confidence" and data["baseline"] is None
     json.dumps(data)
+
+
+def check_store(store, tmp_path: Path, **overrides) -> MonitorResult:
+    """The stage entry point over a store, as monitor_op calls it."""
+    arguments = dict(recent_window=10, yield_threshold=0.7, use_yield_threshold=True, yield_drop_tolerance=0.05,
+                     yield_floor=0.6, confidence=0.9, window_out=tmp_path / "out" / "window.jsonl",
+                     decision_out=tmp_path / "out" / "decision.json")
+    return check_store_yield(store.root, **{**arguments, **overrides})
+
+
+def test_store_check_writes_the_window_and_the_decision(prediction_store, tmp_path, capsys):
+    prediction_store.log_many([0.2] * 3)
+    records = prediction_store.log_many([0.95] * 6 + [0.5] * 4)
+    result = check_store(prediction_store, tmp_path)
+    assert (result.retrain, result.yield_value, result.threshold_used) == (True, 0.6, 0.7)
+    assert json.loads((tmp_path / "out" / "decision.json").read_text()) == result.to_dict()
+    window = [json.loads(line) for line in (tmp_path / "out" / "window.jsonl").read_text().splitlines()]
+    assert [record["request_id"] for record in window] == [record["request_id"] for record in records]
+    assert capsys.readouterr().out == result.reason + "\n"
+
+
+def test_store_check_without_the_threshold_applies_the_baseline_rule(prediction_store, tmp_path):
+    prediction_store.log_many([0.95] * 9 + [0.1])  # baseline 0.9
+    prediction_store.log_many([0.95] * 8 + [0.1] * 2)  # recent 0.8 < 0.85
+    result = check_store(prediction_store, tmp_path, yield_threshold=0.1, use_yield_threshold=False)
+    assert (result.retrain, result.baseline) == (True, 0.9)
+    assert result.threshold_used == pytest.approx(0.85)  # the threshold 0.1 was ignored
+
+
+def test_store_check_uses_the_stores_feedback_when_there_is_some(prediction_store, tmp_path):
+    records = prediction_store.log_many([0.99] * 10, label=1)
+    assert check_store(prediction_store, tmp_path).mode == "confidence"  # no feedback.jsonl: no ground truth
+    truth = [1] * 6 + [0] * 4
+    (prediction_store.root / "feedback.jsonl").write_text(
+        "".join(json.dumps({"request_id": r["request_id"], "label": t}) + "\n" for r, t in zip(records, truth)))
+    result = check_store(prediction_store, tmp_path)
+    assert (result.mode, result.yield_value, result.retrain) == ("accuracy", 0.6, True)
+    window = [json.loads(line) for line in (tmp_path / "out" / "window.jsonl").read_text().splitlines()]
+    assert [record["feedback_label"] for record in window] == truth
+
+
+def test_store_check_of_an_empty_store_names_the_log(tmp_path):
+    with pytest.raises(PredictionLogError, match="predictions.jsonl"):
+        check_store_yield(tmp_path / "store", 10, 0.7, True, 0.05, 0.6, 0.9, tmp_path / "w.jsonl", tmp_path / "d.json")
+    assert not (tmp_path / "d.json").exists()
+
+
+def test_metrics_carry_the_baseline_only_when_there_is_one(prediction_store):
+    prediction_store.log_many([0.95] * 9 + [0.1])
+    fixed = run(prediction_store.log_path)
+    assert fixed.metrics() == {"yield_value": 0.9, "window_size": 10.0}
+    baseline = run(prediction_store.log_path, yield_threshold=None)
+    assert baseline.metrics() == {"yield_value": 0.9, "window_size": 10.0, "baseline": 0.9}
+    assert all(type(value) is float for value in baseline.metrics().values())

@@ -6,11 +6,21 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import components.notify
-from components.monitor.logic import MonitorResult
-from components.notify.logic import deployed, not_deployed, retrain_started
+from components.analyze.logic import AnalysisResult, scores_from_labels
+from components.monitor.logic import MonitorResult, check_store_yield
+from components.notify.logic import (
+    announce_deployed,
+    announce_not_deployed,
+    announce_retrain,
+    announce_run_end,
+    deployed,
+    not_deployed,
+    retrain_started,
+)
 from ctloop.alerts import run_failed
 from ctloop.slack import send
 from serving.server import free_port
@@ -33,8 +43,19 @@ def outbox_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.fixture
+def outbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where ctloop.alerts.deliver writes without a webhook URL (as in a local run)."""
+    path = tmp_path / "slack_outbox.jsonl"
+    monkeypatch.setenv("CTLOOP_SLACK_OUTBOX", str(path))
+    return path
+
+
 def test_public_names():
-    assert sorted(components.notify.__all__) == ["deployed", "not_deployed", "retrain_started"]
+    assert sorted(components.notify.__all__) == [
+        "announce_deployed", "announce_not_deployed", "announce_retrain", "announce_run_end",
+        "deployed", "not_deployed", "retrain_started",
+    ]
 
 
 def test_retrain_started_shows_the_monitor_figures():
@@ -51,14 +72,112 @@ def test_retrain_started_shows_the_monitor_figures():
     assert context == {"type": "context", "elements": [{"type": "mrkdwn", "text": "run ct-42"}]}
 
 
-def test_retrain_started_takes_the_monitor_result_figures():
+def test_retrain_started_does_not_take_the_whole_monitor_result():
+    """What its docstring says: MonitorResult.to_dict() holds more than the message takes."""
     result = MonitorResult(retrain=True, yield_value=0.5, baseline=None, threshold_used=0.7, mode="accuracy",
                            window_size=10, model_version="2", reason="yield 0.500 < 0.700", truncated_tail=False)
-    figures = {k: v for k, v in result.to_dict().items() if k not in ("retrain", "truncated_tail", "broken_lines")}
-    message = retrain_started(**figures)
-    assert message["text"] == "Retraining started: champion v2 yield 0.500 < 0.700"
-    assert message["blocks"][1]["fields"][0]["text"] == "*Yield*\n0.500 (accuracy)"
-    assert len(message["blocks"][1]["fields"]) == 4  # no baseline with a fixed threshold
+    with pytest.raises(TypeError, match="unexpected keyword argument 'retrain'"):
+        retrain_started(**result.to_dict())
+
+
+def test_announce_retrain_reads_the_monitors_decision(prediction_store, tmp_path, outbox):
+    """The real path: the decision file the monitor stage writes, read by the notify stage."""
+    prediction_store.log_many([0.95] * 5 + [0.5] * 5, version="2")
+    decision = tmp_path / "monitor" / "decision.json"
+    result = check_store_yield(prediction_store.root, 10, 0.7, True, 0.05, 0.6, 0.9, tmp_path / "window.jsonl",
+                               decision)
+    assert result.retrain
+    delivery = announce_retrain(decision, "ct-7")
+    assert (delivery.ok, delivery.channel, delivery.outbox) == (True, "outbox", outbox)
+    (line,) = outbox_lines(outbox)
+    expected = retrain_started(0.5, 0.7, 10, "2", mode="confidence", baseline=None, reason=result.reason,
+                               run_name="ct-7")
+    assert line["message"] == expected
+    assert expected["text"] == "Retraining started: champion v2 yield 0.500 < 0.700"
+    assert len(expected["blocks"][1]["fields"]) == 4  # no baseline with a fixed threshold
+
+
+def test_announce_retrain_shows_the_baseline_of_the_baseline_rule(prediction_store, tmp_path, outbox):
+    prediction_store.log_many([0.95] * 10)  # baseline 1.0
+    prediction_store.log_many([0.95] * 5 + [0.5] * 5)
+    decision = tmp_path / "decision.json"
+    check_store_yield(prediction_store.root, 10, 0.0, False, 0.05, 0.6, 0.9, tmp_path / "window.jsonl", decision)
+    announce_retrain(decision, "ct-8")
+    fields = outbox_lines(outbox)[0]["message"]["blocks"][1]["fields"]
+    assert [field["text"] for field in fields][1:] == [
+        "*Threshold*\n0.950", "*Window*\n10 predictions", "*Champion*\nversion 1", "*Baseline*\n1.000"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"yield_value": 0.5}', r"decision.json: decision lacks threshold_used, window_size, model_version, "
+                                 r"mode, baseline, reason; expected the monitor's MonitorResult.to_dict\(\) as JSON"),
+        ("[1, 2]", r"decision.json: decision lacks yield_value, "),
+        ('{"yield', r"decision.json: decision is not JSON \(Unterminated string"),
+    ],
+)
+def test_announce_retrain_names_a_bad_decision_file(tmp_path, outbox, content, message):
+    decision = tmp_path / "decision.json"
+    decision.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        announce_retrain(decision, "ct-9")
+    assert not outbox.exists()
+
+
+def analysis(champion_correct: int, challenger_correct: int) -> AnalysisResult:
+    """An AnalysisResult of 10 holdout and 10 golden samples of two classes."""
+    truth = np.array([0, 1] * 5)
+
+    def scores(correct: int):
+        predicted = np.where(np.arange(10) < correct, truth, 1 - truth)
+        return {data_set: scores_from_labels(truth, predicted, 2) for data_set in ("holdout", "golden")}
+
+    champion, challenger = scores(champion_correct), scores(challenger_correct)
+    deploy = challenger_correct > champion_correct
+    return AnalysisResult(deploy, ["Pass: better." if deploy else "Fail: gain < 0.01 & more"], ["0", "1"],
+                          {"champion": champion, "challenger": challenger}, 0.01, 0.02, Path("report.md"))
+
+
+def test_announce_deployed_reads_the_deltas_of_the_analyze_decision(tmp_path, outbox):
+    decision = tmp_path / "decision.json"
+    decision.write_text(json.dumps(analysis(6, 9).decision("3")))
+    announce_deployed("3", "4", decision, "ct-10")
+    message = outbox_lines(outbox)[0]["message"]
+    assert message == deployed("3", "4", {"holdout accuracy": 0.3, "golden accuracy": 0.3}, run_name="ct-10")
+    assert message["blocks"][2]["text"]["text"] == "*holdout accuracy*: +0.300\n*golden accuracy*: +0.300"
+
+
+def test_announce_not_deployed_reads_the_reasons_of_the_analyze_decision(tmp_path, outbox):
+    decision = tmp_path / "decision.json"
+    decision.write_text(json.dumps(analysis(9, 6).decision("3")))
+    announce_not_deployed(decision, "ct-11")
+    message = outbox_lines(outbox)[0]["message"]
+    assert message == not_deployed(["Fail: gain < 0.01 & more"], run_name="ct-11")
+
+
+def test_announce_deployed_names_a_decision_without_deltas(tmp_path, outbox):
+    decision = tmp_path / "decision.json"
+    decision.write_text(json.dumps({"reasons": []}))
+    with pytest.raises(ValueError, match=r"decision lacks deltas; expected the analyze stage's"):
+        announce_deployed("3", "4", decision, "ct-12")
+
+
+def test_announce_run_end_is_silent_when_the_run_succeeded(outbox, capsys):
+    assert announce_run_end("SUCCEEDED", None, "ct-13") is None
+    assert not outbox.exists()
+    assert capsys.readouterr().out == "run ct-13: SUCCEEDED\n"
+
+
+@pytest.mark.parametrize(
+    ("state", "error_message", "shown"),
+    [("FAILED", "task train failed", "task train failed"), ("CANCELLED", None, "CANCELLED"),
+     ("FAILED", "", "FAILED")],
+)
+def test_announce_run_end_alerts_when_the_run_did_not_succeed(outbox, state, error_message, shown):
+    delivery = announce_run_end(state, error_message, "ct-14")
+    assert delivery is not None and delivery.channel == "outbox"
+    assert outbox_lines(outbox)[0]["message"] == run_failed("pipeline", shown, run_name="ct-14")
 
 
 def test_deployed_shows_versions_and_signed_deltas():

@@ -1,0 +1,109 @@
+"""The deploy stage against a real TorchServe and MLflow on SQLite: a deploy moves TorchServe's
+default and the `champion` / `previous-champion` aliases together, and when the alias cannot
+move (a registered model MLflow does not have, MLflow down) serving is switched back, so the
+two never disagree about which version is the champion.
+
+The module shares one TorchServe; each test deploys the next registry version of the same
+registered model and compares with the state it found, so the tests do not depend on order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.deploy.logic import DeployFailedError, deploy_challenger, deploy_to_torchserve
+from ctloop import registry
+from ctloop.images import ImageSet
+from ctloop.modelfile import load_model, predict_proba
+from ctloop.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistryError
+from serving_support import CLASS_NAMES, random_images, write_model
+
+pytestmark = pytest.mark.serving
+
+REGISTERED = "ctloop-champion"
+DOWN = "http://127.0.0.1:9"  # nothing listens on the discard port
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def canary_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("canary") / "canary.npz"
+    ImageSet(random_images(24, seed=5), np.arange(24, dtype=np.int64) % len(CLASS_NAMES), CLASS_NAMES).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def champion(serving, model_files, tracking_uri: str) -> str:
+    """Version 1: MLflow's champion and TorchServe's only (so default) champion version."""
+    version = registry.register_model_file(REGISTERED, model_files["champion"], tracking_uri=tracking_uri)
+    registry.promote(REGISTERED, version, tracking_uri)
+    serving.deploy_archive(model_files["champion"], "champion", version)
+    return version
+
+
+def new_challenger(folder: Path, tracking_uri: str, seed: int) -> tuple[Path, str]:
+    """A challenger registered as the next version, with the alias `challenger`, as train leaves it."""
+    model = write_model("champion", folder / "challenger.pt", seed)
+    return model, registry.register_model_file(REGISTERED, model, tracking_uri=tracking_uri, alias=CHALLENGER)
+
+
+def aliases(tracking_uri: str) -> dict[str, str | None]:
+    return {alias: registry.get_version_by_alias(REGISTERED, alias, tracking_uri)
+            for alias in (CHAMPION, PREVIOUS_CHAMPION)}
+
+
+def test_a_deploy_moves_the_default_and_both_aliases(serving, champion, tracking_uri: str, canary_set: Path,
+                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old_default, old_champion = serving.client.default_version("champion"), aliases(tracking_uri)[CHAMPION]
+    model, version = new_challenger(tmp_path, tracking_uri, seed=11)
+    monkeypatch.setenv("CTLOOP_TS_KEY_FILE", str(serving.server.key_file))  # as the stage receives its keys
+
+    outcome = deploy_to_torchserve(model, version, canary_set, serving.server.model_store,
+                                   serving.server.inference_url, serving.server.management_url, tracking_uri,
+                                   REGISTERED, keep_versions=3)
+
+    assert serving.client.default_version("champion") == version
+    assert serving.client.predict("champion", random_images(2, seed=6), canary=True).model_version == version
+    assert aliases(tracking_uri) == {CHAMPION: version, PREVIOUS_CHAMPION: old_champion}
+    assert (outcome.old_version, outcome.previous_champion) == (old_default, old_champion)
+    assert outcome.outputs() == {"old_version": old_default, "new_version": version}
+    steps = ["register", "wait_ready", "smoke_test", "set_default", "verify"]
+    assert [step["name"] for step in outcome.steps] == steps
+    canary = ImageSet.load(canary_set)
+    expected = float(np.mean(predict_proba(load_model(model)[0], canary.images).argmax(axis=1) == canary.labels))
+    assert outcome.canary_accuracy == pytest.approx(expected)
+    assert outcome.metrics() == pytest.approx(
+        {**{f"{step['name']}_seconds": step["seconds"] for step in outcome.steps}, "canary_accuracy": expected})
+
+
+@pytest.mark.parametrize("failure", ["registered model MLflow does not have", "MLflow down"])
+def test_an_alias_that_cannot_move_switches_serving_back(serving, champion, tracking_uri: str, canary_set: Path,
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         failure: str) -> None:
+    old_default, old_aliases = serving.client.default_version("champion"), aliases(tracking_uri)
+    model, version = new_challenger(tmp_path, tracking_uri, seed=21 if failure == "MLflow down" else 22)
+    if failure == "MLflow down":
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+        name, uri, cause = REGISTERED, DOWN, f"cannot reach the MLflow tracking server at {DOWN}"
+    else:
+        name, uri, cause = "no-such-model", tracking_uri, f"model 'no-such-model' has no version {version}"
+
+    with pytest.raises(DeployFailedError) as failed:
+        deploy_challenger(model, version, canary_set, serving.server.model_store, serving.client, name, uri)
+
+    assert str(failed.value).startswith(
+        f"champion version {version} served but the registry alias could not move, so serving was switched "
+        f"back to version {old_default}: ")
+    assert cause in str(failed.value) and isinstance(failed.value.__cause__, RegistryError)
+    assert serving.client.default_version("champion") == old_default
+    assert version not in serving.client.versions("champion")
+    assert serving.client.predict("champion", random_images(2, seed=7), canary=True).model_version == old_default
+    assert aliases(tracking_uri) == old_aliases

@@ -1,0 +1,197 @@
+"""Each stage's component imports with only that stage's requirements installed.
+
+A stage image (components/Dockerfile) holds exactly components/<stage>/requirements.txt plus
+ctloop installed with --no-deps. Here each stage gets the same: a venv under
+.venv-stages/<stage>/ (kept between runs, rebuilt when the requirements file's sha256 changes)
+with the requirements, and a wheel of this working tree built from the directories the
+Dockerfile copies. In that venv, isolated from the dev venv (`python -I`, a fresh working
+directory), a subprocess imports the kfp executor and components.<stage>.component and runs the
+import statements inside the stage's functions: every component function's body (where kfp
+components import: the body runs in a fresh process) and what a logic function imports only
+when called. A package missing from the requirements fails the test with the module's name.
+
+Slow: the first build of the eight venvs installs torch three times and MLflow with its
+dependencies four times (measured on the 2-core machine, shared: monitor 58 s, collect 180 s,
+validate 39 s, consensus 36 s, train 273 s, analyze 245 s, deploy 191 s, notify 47 s; about
+18 minutes in all). Later runs only reinstall the ctloop wheel and import: about 80 seconds.
+"""
+
+from __future__ import annotations
+
+import ast
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from kubeflow_pipeline.images import STAGES
+
+ROOT = Path(__file__).resolve().parents[2]
+VENVS = ROOT / ".venv-stages"
+STAMP = ".requirements-sha256"
+# What components/Dockerfile copies into the image before `pip install --no-deps .`.
+DOCKERFILE_COPIES = ("pyproject.toml", "README.md", "ctloop", "ctloop_app", "components", "serving",
+                     "kubeflow_pipeline")
+
+BUILD_TIMEOUT = 1800  # seconds for one stage's `pip install -r`
+
+pytestmark = pytest.mark.slow
+
+# Runs inside a stage venv: execute each statement, report what failed as JSON on stdout, and
+# every loaded module's file and sys.path entry that lies outside the stage venv and the base
+# interpreter's standard library (the dev venv, the work tree).
+CHECKER = r"""
+import json, os, sys, traceback
+failures = []
+for statement in json.loads(sys.argv[1]):
+    try:
+        exec(statement, {})
+    except ModuleNotFoundError as error:
+        failures.append({"statement": statement, "module": error.name, "error": str(error)})
+    except Exception as error:
+        failures.append({"statement": statement, "module": None,
+                         "error": "".join(traceback.format_exception_only(error)).strip()})
+allowed = (sys.prefix + "/", sys.base_prefix + "/")
+files = {getattr(module, "__file__", None) for module in list(sys.modules.values())}
+# (torch.ops and torch.classes are stand-in modules whose __file__ is a bare "_ops.py")
+foreign = sorted(name for name in files if name and os.path.isabs(name) and not name.startswith(allowed))
+foreign += [entry for entry in sys.path if not entry.startswith(allowed)]
+print(json.dumps({"failures": failures, "foreign": foreign}))
+"""
+
+
+def deferred_import_statements(stage: str) -> list[str]:
+    """The import statements inside functions of the stage's modules, component.py first: the
+    component functions' bodies (kfp runs a body in a fresh process, so these are what the
+    stage image must provide) and the imports a logic function defers; importing the modules
+    runs neither."""
+    folder = ROOT / "components" / stage
+    statements: list[str] = []
+    for path in [folder / "component.py", *sorted(set(folder.glob("*.py")) - {folder / "component.py"})]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    if isinstance(inner, (ast.Import, ast.ImportFrom)) and ast.unparse(inner) not in statements:
+                        statements.append(ast.unparse(inner))
+    return statements
+
+
+def requirements_digest(stage: str) -> str:
+    return hashlib.sha256((ROOT / "components" / stage / "requirements.txt").read_bytes()).hexdigest()
+
+
+@contextmanager
+def locked(stage: str) -> Iterator[None]:
+    """One builder or user of a stage venv at a time (several people run tests in this tree)."""
+    VENVS.mkdir(exist_ok=True)
+    with open(VENVS / f"{stage}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, command))} exited {result.returncode}:\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def stage_venv(stage: str) -> tuple[Path, float | None]:
+    """The stage's venv, built if missing or stamped with another requirements digest; returns
+    it and the seconds the build took (None when the cached one was current). Call it locked."""
+    venv = VENVS / stage
+    digest = requirements_digest(stage)
+    stamp = venv / STAMP
+    if stamp.is_file() and stamp.read_text().strip() == digest and (venv / "bin" / "python").is_file():
+        return venv, None
+    started = time.monotonic()
+    shutil.rmtree(venv, ignore_errors=True)
+    run(["python3.11", "-m", "venv", str(venv)])
+    # One retry, not pip's five with backoff: an index this machine cannot reach (the torch stages'
+    # --extra-index-url, where only PyPI and local wheels are reachable) would otherwise cost
+    # about 7 s for every package pip looks up, a quarter of an hour per torch stage.
+    run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--retries", "1", "-r",
+         str(ROOT / "components" / stage / "requirements.txt")], timeout=BUILD_TIMEOUT)
+    stamp.write_text(digest + "\n")
+    return venv, time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def ctloop_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel of this working tree, built from what the Dockerfile copies, as the image builds it."""
+    source = tmp_path_factory.mktemp("ctloop-source")
+    for name in DOCKERFILE_COPIES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, source / name)
+    out = tmp_path_factory.mktemp("wheel")
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out),
+         str(source)])
+    (wheel,) = out.glob("ctloop-*.whl")
+    return wheel
+
+
+def check_in_stage_venv(stage: str, wheel: Path, statements: list[str], scratch: Path) -> dict:
+    """Install `wheel` (no deps) into the stage's venv and run `statements` there, isolated."""
+    with locked(stage):
+        venv, seconds = stage_venv(stage)
+        if seconds is not None:
+            print(f"\n[stage venv] {stage}: built in {seconds:.1f} s")
+        python = str(venv / "bin" / "python")
+        run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(wheel)])
+        scratch.mkdir(parents=True, exist_ok=True)
+        environment = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(scratch), "_KFP_RUNTIME": "true",
+                       "LANG": "C.UTF-8"}
+        result = run([python, "-I", "-c", CHECKER, json.dumps(statements)], cwd=scratch, env=environment,
+                     timeout=300)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_component_imports_with_only_its_requirements(stage: str, ctloop_wheel: Path, tmp_path: Path) -> None:
+    # kfp's executor entry point as the component's container command runs it (_KFP_RUNTIME=true).
+    statements = ["import kfp.dsl.executor_main", f"import components.{stage}.component",
+                  *deferred_import_statements(stage)]
+    report = check_in_stage_venv(stage, ctloop_wheel, statements, tmp_path / "cwd")
+
+    missing = [f"{failure['statement']!r}: {failure['error']}" for failure in report["failures"]]
+    assert not missing, (f"components/{stage}/requirements.txt lacks what the stage imports (add the module's "
+                         f"package, pinned as in .venv):\n" + "\n".join(missing))
+    assert not report["foreign"], f"{stage}: modules or sys.path entries outside its venv: {report['foreign']}"
+
+
+def test_the_statements_are_the_component_bodies_and_the_deferred_imports() -> None:
+    assert deferred_import_statements("collect") == [
+        "from collections import namedtuple",
+        "from pathlib import Path",
+        "from components.collect.logic import collect_from_registry",
+        "from ctloop.alerts import alert_on_failure",
+        "from ctloop import registry",  # collect_from_registry's: MLflow only when the stage runs
+    ]
+    notify = deferred_import_statements("notify")  # four component functions, imports deduplicated
+    assert [statement for statement in notify if statement.startswith("from components")] == [
+        f"from components.notify.logic import announce_{name}"
+        for name in ("retrain", "deployed", "not_deployed", "run_end")
+    ]
+
+
+def test_a_package_missing_from_the_requirements_is_named(ctloop_wheel: Path, tmp_path: Path) -> None:
+    """The monitor image carries no torch: importing it there must fail, naming torch."""
+    report = check_in_stage_venv("monitor", ctloop_wheel, ["import components.monitor.component", "import torch"],
+                                 tmp_path / "cwd")
+    assert report["failures"] == [
+        {"statement": "import torch", "module": "torch", "error": "No module named 'torch'"}
+    ]
