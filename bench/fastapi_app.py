@@ -15,20 +15,17 @@ import contextlib
 import io
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import requests
 import torch
 from fastapi import FastAPI, Request, Response
 
+from ctloop import http
 from ctloop.modelfile import load_model
+from ctloop.process import ServerProcess, free_port
 from ctloop.wire import NPY_MAGIC
-from serving.server import free_port
 
 MODEL_ENV = "CTLOOP_BENCH_MODEL"
 KEY_ENV = "CTLOOP_BENCH_KEY"
@@ -105,13 +102,16 @@ def create_app() -> FastAPI:
 
 
 class UvicornServer:
-    """`uvicorn bench.fastapi_app:create_app --workers N` on a free port of 127.0.0.1."""
+    """`uvicorn bench.fastapi_app:create_app --workers N` on a free port of 127.0.0.1, run as a
+    ctloop.process.ServerProcess: SIGTERM to uvicorn (it stops its workers), then SIGKILL to
+    whatever of its group is left."""
 
     def __init__(self, model_file: Path, workers: int, key: str, log_file: Path, start_timeout: float = 60.0) -> None:
         self.model_file, self.workers, self.key = model_file, workers, key
         self.log_file, self.start_timeout = log_file, start_timeout
         self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self._seen: set[int] = set()
+        self._server: ServerProcess | None = None
 
     @property
     def url(self) -> str:
@@ -122,41 +122,23 @@ class UvicornServer:
                    "--app-dir", str(REPO_ROOT), "--host", "127.0.0.1", "--port", str(self.port),
                    "--workers", str(self.workers), "--no-access-log", "--log-level", "warning"]
         env = {**os.environ, MODEL_ENV: str(self.model_file), KEY_ENV: self.key}
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.__exit__()
-            raise
+        self._seen = set()
+        self._server = ServerProcess(command, self.log_file, self._all_workers_ready, name="uvicorn",
+                                     start_timeout=self.start_timeout, cwd=REPO_ROOT, env=env, poll=0.1)
+        self._server.start()
         return self
 
-    def _wait_ready(self) -> None:
-        """Ready when every worker has answered a /ping (each on a new connection). A keep-alive
-        connection stays with the worker that accepted it, so measuring before all workers are
-        up would load one of them with every connection."""
-        deadline = time.monotonic() + self.start_timeout
-        seen: set[int] = set()
-        while len(seen) < self.workers:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(seen)} of {self.workers} uvicorn workers ready after "
-                                   f"{self.start_timeout:.0f}s; see {self.log_file}")
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited at start; see {self.log_file}")
-            with contextlib.suppress(requests.RequestException, ValueError, KeyError):
-                seen.add(int(requests.get(f"{self.url}/ping", timeout=2).json()["pid"]))
-            time.sleep(0.1)
+    def _all_workers_ready(self) -> bool | str:
+        """Ready when every worker has answered a /ping (each probe on a new connection). A
+        keep-alive connection stays with the worker that accepted it, so measuring before all
+        workers are up would load one of them with every connection."""
+        answer = http.probe(f"{self.url}/ping")
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+            if answer is not None and answer.status_code == 200:
+                self._seen.add(int(answer.json()["pid"]))
+        return len(self._seen) >= self.workers or f"{len(self._seen)} of {self.workers} uvicorn workers ready"
 
     def __exit__(self, *exc_info: object) -> None:
-        """SIGTERM to uvicorn (it stops its workers), then SIGKILL to whatever of its group is left."""
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        self.process = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None

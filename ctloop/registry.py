@@ -10,6 +10,15 @@ Every function takes `tracking_uri`, defaulting to MLFLOW_TRACKING_URI; SQLite U
 `sqlite:////abs/mlflow.db` keep their artifacts in a directory next to the database. Failures of
 the tracking server and missing versions or aliases are raised as RegistryError, naming the URI,
 model, version or alias concerned.
+
+Retries: MlflowClient's REST calls retry through urllib3 with numbers it reads from environment
+variables at each call (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR, _BACKOFF_JITTER,
+_TIMEOUT). Every registry call here (and every call a stage makes inside `registry_errors`) runs
+with those that are not set given ctloop.http's numbers (3 retries, waits 0, 2, 4 s, 30 s
+timeout) instead of MLflow's defaults (7 retries, about 4 minutes of waits, 120 s timeout).
+They are set only while such a call runs and removed right after; a value the user set is
+never touched, so MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 still means no retry. What MLflow retries
+(which statuses, which methods) stays MLflow's choice.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +40,8 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SADeprecationWarning
+
+from ctloop import http
 
 __all__ = [
     "CHALLENGER",
@@ -344,9 +356,11 @@ def _require_version(
 
 @contextlib.contextmanager
 def registry_errors(uri: str, action: str) -> Iterator[None]:
-    """Turn MLflow and connection failures into a RegistryError naming the URI and the action."""
+    """Turn MLflow and connection failures into a RegistryError naming the URI and the action.
+    MLflow's HTTP calls inside follow ctloop.http's retry numbers (see the module docstring)."""
     try:
-        yield
+        with _http_policy():
+            yield
     except MlflowException as error:
         if _is_connection_failure(error):
             raise RegistryError(
@@ -356,6 +370,34 @@ def registry_errors(uri: str, action: str) -> Iterator[None]:
         raise RegistryError(f"MLflow at {uri}: cannot {action}: {error.message}") from error
     except OSError as error:
         raise RegistryError(f"MLflow at {uri}: cannot {action}: {error}") from error
+
+
+_policy_lock = threading.Lock()
+_policy_users = 0
+_policy_set: list[str] = []
+
+
+@contextlib.contextmanager
+def _http_policy() -> Iterator[None]:
+    """While at least one registry call runs (in any thread), the MLFLOW_HTTP_REQUEST_* variables
+    the user did not set hold ctloop.http's numbers; the last call to end removes them again."""
+    global _policy_users
+    with _policy_lock:
+        if _policy_users == 0:
+            for name, value in http.mlflow_environment().items():
+                if name not in os.environ:
+                    os.environ[name] = value
+                    _policy_set.append(name)
+        _policy_users += 1
+    try:
+        yield
+    finally:
+        with _policy_lock:
+            _policy_users -= 1
+            if _policy_users == 0:
+                for name in _policy_set:
+                    os.environ.pop(name, None)
+                _policy_set.clear()
 
 
 def _is_not_found(error: RegistryError) -> bool:

@@ -1,24 +1,23 @@
 """A local MLflow tracking server: SQLite backend, proxied artifact store, on loopback.
 
 `make run` starts one so the MLflow UI shows the runs and the registry while the demo works.
-It runs in its own session so that stopping it also stops the uvicorn worker it spawns.
+It runs as a ctloop.process.ServerProcess. `mlflow server` forwards SIGTERM to the uvicorn
+server it starts, but not to its job runner and Huey consumers, so stop() sends SIGTERM to the
+whole process group.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from serving.server import free_port
+from ctloop import http
+from ctloop.process import ServerProcess, ServerStartError, free_port
 
 
-class MlflowServerError(RuntimeError):
-    """The tracking server did not become healthy; the message carries its log."""
+class MlflowServerError(ServerStartError):
+    """The tracking server did not become healthy; the message carries the tail of its log."""
 
 
 class MlflowServer:
@@ -28,7 +27,7 @@ class MlflowServer:
         self.work_dir = Path(work_dir)
         self.port = port or free_port()
         self.start_timeout = start_timeout
-        self.process: subprocess.Popen[bytes] | None = None
+        self._server: ServerProcess | None = None
 
     @property
     def tracking_uri(self) -> str:
@@ -38,6 +37,11 @@ class MlflowServer:
     def log_file(self) -> Path:
         return self.work_dir / "mlflow-server.log"
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The `mlflow server` process while it runs (its pid is the process group's id)."""
+        return self._server.process if self._server is not None else None
+
     def start(self) -> "MlflowServer":
         self.work_dir.mkdir(parents=True, exist_ok=True)
         command = [
@@ -45,41 +49,21 @@ class MlflowServer:
             "--workers", "1", "--backend-store-uri", f"sqlite:///{(self.work_dir / 'mlflow.db').resolve()}",
             "--artifacts-destination", str((self.work_dir / "artifacts").resolve()),
         ]
-        with open(self.log_file, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.work_dir,
-                                            start_new_session=True)
-        try:
-            self._wait_until_healthy()
-        except BaseException:
-            self.stop()
-            raise
+        self._server = ServerProcess(
+            command, self.log_file, self._healthy, name=f"mlflow server at {self.tracking_uri}",
+            start_timeout=self.start_timeout, cwd=self.work_dir, append_log=False, terminate="group",
+            error=MlflowServerError, poll=0.25,
+        )
+        self._server.start()
         return self
 
-    def _wait_until_healthy(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise MlflowServerError(f"mlflow server exited with {self.process.returncode}:\n"
-                                        f"{self.log_file.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.tracking_uri}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.25)
-        raise MlflowServerError(f"mlflow server at {self.tracking_uri} not healthy after {self.start_timeout} s; "
-                                f"see {self.log_file}")
+    def _healthy(self) -> bool:
+        answer = http.probe(f"{self.tracking_uri}/health", timeout=1)
+        return answer is not None and answer.status_code == 200
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self._server is not None:
+            self._server.stop(timeout)
 
     def __enter__(self) -> "MlflowServer":
         return self.start()

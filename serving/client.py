@@ -3,6 +3,11 @@
 `keys` is the dict `LocalTorchServe.keys()` returns (read from TorchServe's key_file.json):
 the management key goes with management calls, the inference key with predictions, each as
 `Authorization: Bearer <key>`.
+
+Every call follows ctloop.http's retry policy (its docstring says what is retried and why):
+management calls and side-effect free predictions (b1, b2, eval, champion canaries) are retried
+on connection failures and 429/502/503/504; registration and logged champion predictions only
+when they never reached TorchServe. A TorchServeError says how many attempts were made.
 """
 
 from __future__ import annotations
@@ -14,17 +19,18 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from ctloop import wire
+from ctloop import http, wire
 from ctloop.wire import CANARY_HEADER, NPY_CONTENT_TYPE, REQUEST_ID_HEADER, VERSION_HEADER, encode_batch
 
 
 class TorchServeError(RuntimeError):
     """TorchServe answered with an error (status >= 400) or could not be reached (status 0)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, attempts: int = 1) -> None:
         super().__init__(f"TorchServe {status}: {message}")
         self.status = status
         self.message = message
+        self.attempts = attempts
 
 
 @dataclass(frozen=True)
@@ -45,24 +51,33 @@ class TorchServeClient:
         inference_url: e.g. http://127.0.0.1:8080
         management_url: e.g. http://127.0.0.1:8081
         keys: {"management": ..., "inference": ...} from key_file.json.
-        timeout: seconds per HTTP call (registration waits for workers, so it gets 10x).
+        timeout: seconds per HTTP attempt (registration waits for workers, so it gets 10x).
+        retries: retries after the first attempt (ctloop.http.RETRIES).
+        backoff: backoff factor of the retries (ctloop.http.BACKOFF).
     """
 
-    def __init__(self, inference_url: str, management_url: str, keys: dict[str, str], timeout: float = 30.0) -> None:
+    def __init__(self, inference_url: str, management_url: str, keys: dict[str, str],
+                 timeout: float = http.TIMEOUT, retries: int = http.RETRIES, backoff: float = http.BACKOFF) -> None:
         self.inference_url = inference_url.rstrip("/")
         self.management_url = management_url.rstrip("/")
         self.keys = keys
         self.timeout = timeout
-        self.session = requests.Session()
+        self.retries = retries
+        # Two pools: POSTs are repeated only on the second one, which gets side-effect free POSTs.
+        self.session = http.session(retries=retries, backoff=backoff)
+        self._safe_post_session = http.session(safe_post=True, retries=retries, backoff=backoff)
 
-    def _call(self, method: str, url: str, key: str, timeout: float | None = None, **kwargs: object) -> requests.Response:
+    def _call(self, method: str, url: str, key: str, timeout: float | None = None, safe: bool = False,
+              **kwargs: object) -> requests.Response:
+        """One call under the retry policy; `safe`: the request has no side effect, repeat it freely."""
         headers = {"Authorization": f"Bearer {self.keys[key]}", **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+        session = self._safe_post_session if safe else self.session
         try:
-            answer = self.session.request(method, url, headers=headers, timeout=timeout or self.timeout, **kwargs)
+            answer = session.request(method, url, headers=headers, timeout=timeout or self.timeout, **kwargs)
         except requests.RequestException as error:
-            raise TorchServeError(0, f"{method} {url} failed: {error}") from error
+            raise TorchServeError(0, f"{method} {url} failed: {error}", http.attempts(error, self.retries)) from error
         if answer.status_code >= 400:
-            raise TorchServeError(answer.status_code, _error_message(answer))
+            raise TorchServeError(answer.status_code, _error_message(answer), http.attempts(answer))
         return answer
 
     def _manage(self, method: str, path: str, timeout: float | None = None, **params: object) -> object:
@@ -113,13 +128,15 @@ class TorchServeClient:
         """Champion prediction for PNG/JPEG bytes or float32 images (H, W) / (N, H, W) in [0, 1].
 
         `request_id`, if given, names the request in the prediction log (for feedback).
+        A canary is not logged, so it is retried like a GET; a logged prediction is repeated only
+        if it never reached TorchServe (it must not be logged twice).
         """
         body = images if isinstance(images, bytes) else encode_batch(images)
         headers = {CANARY_HEADER: "1"} if canary else {}
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
         answer = self._call("POST", self._prediction_url(model_name, version), "inference", data=body,
-                            headers=headers)
+                            headers=headers, safe=canary)
         entries = answer.json()
         return Prediction(
             labels=[int(entry["label"]) for entry in entries],
@@ -130,9 +147,13 @@ class TorchServeClient:
         )
 
     def predict_batch(self, model_name: str, images: np.ndarray, version: str | None = None) -> dict:
-        """Branch or eval answer for a float32 (N, H, W) batch, sent as .npy."""
+        """Branch or eval answer for a float32 (N, H, W) batch, sent as .npy.
+
+        Branch and eval handlers log nothing, so these are retried like GETs; the champion logs
+        what it answers without the canary header, so it is not (use `predict`)."""
         answer = self._call("POST", self._prediction_url(model_name, version), "inference",
-                            data=encode_batch(images), headers={"Content-Type": NPY_CONTENT_TYPE})
+                            data=encode_batch(images), headers={"Content-Type": NPY_CONTENT_TYPE},
+                            safe=model_name != "champion")
         return answer.json()
 
     def _prediction_url(self, model_name: str, version: str | None) -> str:
@@ -141,6 +162,7 @@ class TorchServeClient:
 
     def close(self) -> None:
         self.session.close()
+        self._safe_post_session.close()
 
 
 def _version_key(version: str) -> tuple[int, str]:

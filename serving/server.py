@@ -6,39 +6,37 @@ set-default, unregister), `inference` (predictions) and `API` (to regenerate the
 `LocalTorchServe.keys()` reads it; pass the result to `TorchServeClient`, which sends
 `Authorization: Bearer <key>`. Keys expire after `token_expiration_min` (serving/config.properties).
 
-TorchServe runs with `--foreground` in its own session, so the launcher, the Java frontend and
-its Python workers form one process group that stop() signals as a whole. Each instance also
-gets its own TMPDIR, because `torchserve` keeps a pid file in the temp dir and refuses to start
-a second instance that shares it.
+TorchServe runs with `--foreground` as a ctloop.process.ServerProcess: in its own session, so
+the launcher, the Java frontend and its Python workers form one process group that stop() ends as
+a whole. Each instance also gets its own TMPDIR, because `torchserve` keeps a pid file in the
+temp dir and refuses to start a second instance that shares it.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
+from typing import TYPE_CHECKING
 
 import psutil
-import requests
 
-from ctloop import wire
+from ctloop import http, wire
+from ctloop.process import ServerProcess, ServerStartError, free_ports as _free_ports
+
+if TYPE_CHECKING:
+    import subprocess
+
+__all__ = ["LocalTorchServe", "Ports", "TorchServeStartError", "free_ports", "instance_config"]
 
 SHIPPED_CONFIG = Path(__file__).with_name("config.properties")
 SHIPPED_LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 
 
-class TorchServeStartError(RuntimeError):
-    """TorchServe did not become healthy; the message points at its log."""
+class TorchServeStartError(ServerStartError):
+    """TorchServe did not become healthy; the message ends with the tail of its log."""
 
 
 @dataclass(frozen=True)
@@ -53,23 +51,6 @@ class Ports:
 def free_ports() -> Ports:
     """A TorchServe instance's ports, all free on 127.0.0.1 and all different."""
     return Ports(*_free_ports(len(PORT_NAMES)))
-
-
-def free_port() -> int:
-    """One port free on 127.0.0.1: for another server, or as a port nobody listens on."""
-    return _free_ports(1)[0]
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports the OS reports free (held open together so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def instance_config(ports: Ports, model_store: Path, overrides: dict[str, str] | None = None) -> str:
@@ -120,8 +101,7 @@ class LocalTorchServe:
         self.config_overrides = config_overrides or {}
         self.start_timeout = start_timeout
         self.model_store = self.work_dir / "model_store"
-        self.process: subprocess.Popen[bytes] | None = None
-        self._previous_sigterm: object = None
+        self._server: ServerProcess | None = None
 
     @property
     def inference_url(self) -> str:
@@ -135,6 +115,11 @@ class LocalTorchServe:
     def log_dir(self) -> Path:
         return self.work_dir / "logs"
 
+    @property
+    def process(self) -> "subprocess.Popen[bytes] | None":
+        """The launcher process while TorchServe runs (its pid is the process group's id)."""
+        return self._server.process if self._server is not None else None
+
     def start(self) -> "LocalTorchServe":
         """Launch TorchServe and return once /ping says Healthy; stop it again if it never does."""
         for directory in (self.model_store, self.log_dir, self.work_dir / "tmp"):
@@ -146,18 +131,16 @@ class LocalTorchServe:
             str(Path(sys.executable).with_name("torchserve")), "--start", "--foreground",
             "--ts-config", str(config), "--model-store", str(self.model_store), "--ncs",
         ]
-        with open(self.log_dir / "stdout.log", "ab") as output:
-            self.process = subprocess.Popen(
-                command, cwd=self.work_dir, env=self._environment(), stdout=output,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        atexit.register(self.stop)
-        self._stop_on_sigterm()
-        try:
-            self._wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
+        # The launcher waits for the Java frontend and forwards no signal: SIGTERM goes to the
+        # frontend, which stops and reaps its workers, and the launcher exits after it. Signalling
+        # the whole group at once would orphan the workers to PID 1, which in some containers
+        # never reaps them (defunct processes).
+        self._server = ServerProcess(
+            command, self.log_dir / "stdout.log", self._healthy, name="TorchServe",
+            start_timeout=self.start_timeout, cwd=self.work_dir, env=self._environment(), terminate="children",
+            error=TorchServeStartError,
+        )
+        self._server.start()
         return self
 
     def _environment(self) -> dict[str, str]:
@@ -169,26 +152,17 @@ class LocalTorchServe:
             env["CTLOOP_STORE_DIR"] = str(self.store_dir)
         return env
 
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise TorchServeStartError(f"TorchServe exited at start; see {self.log_dir / 'stdout.log'}")
-            if self.key_file.exists() and self._healthy():
-                return
-            time.sleep(0.2)
-        raise TorchServeStartError(f"TorchServe not healthy after {self.start_timeout:.0f}s; see {self.log_dir}")
-
     def _healthy(self) -> bool:
-        """/ping also needs the inference key; the key file may be half-written just after start."""
+        """/ping also needs the inference key; the key file may be missing or half-written just after start."""
         try:
-            answer = requests.get(
-                f"{self.inference_url}/ping", timeout=2,
-                headers={"Authorization": f"Bearer {self.keys()['inference']}"},
-            )
-        except (requests.ConnectionError, OSError, KeyError, ValueError):
+            key = self.keys()["inference"]
+        except (OSError, KeyError, ValueError):
             return False
-        return answer.status_code == 200 and answer.json().get("status") == "Healthy"
+        answer = http.probe(f"{self.inference_url}/ping", headers={"Authorization": f"Bearer {key}"})
+        try:
+            return answer is not None and answer.status_code == 200 and answer.json().get("status") == "Healthy"
+        except ValueError:
+            return False
 
     @property
     def key_file(self) -> Path:
@@ -201,65 +175,16 @@ class LocalTorchServe:
 
     def processes(self) -> list[psutil.Process]:
         """Live (non-zombie) processes of this instance: launcher, Java frontend, workers."""
-        if self.process is None:
-            return []
-        members = []
-        for process in psutil.process_iter(["status"]):
-            try:
-                if os.getpgid(process.pid) == self.process.pid and process.info["status"] != psutil.STATUS_ZOMBIE:
-                    members.append(process)
-            except (ProcessLookupError, psutil.Error):
-                continue
-        return members
+        return self._server.processes() if self._server is not None else []
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop gracefully, then kill what is left of the process group after `timeout`.
-
-        SIGTERM goes to the Java frontend first: it stops and reaps its workers and is reaped by
-        the launcher, which exits. Signalling the whole group at once would orphan them to PID 1,
-        which in some containers never reaps them (defunct processes)."""
-        if self.process is None:
-            return
-        group = self.process.pid
-        for process in self.processes():
-            if process.pid != group:
-                with contextlib.suppress(psutil.Error):
-                    if process.ppid() == group:
-                        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout)
-        self._signal_group(group, signal.SIGKILL)
-        self.process.wait()
-        self.process = None
-        atexit.unregister(self.stop)
-        self._restore_sigterm()
-
-    @staticmethod
-    def _signal_group(group: int, signum: signal.Signals) -> None:
-        try:
-            os.killpg(group, signum)
-        except ProcessLookupError:
-            return
-
-    def _stop_on_sigterm(self) -> None:
-        """SIGTERM would kill this process without running atexit; turn it into SystemExit so
-        stop() runs (only from the main thread, and only if nobody else handles SIGTERM)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-
-    def _restore_sigterm(self) -> None:
-        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
+        """Stop gracefully (SIGTERM to the Java frontend), then kill what is left of the process
+        group after `timeout` seconds."""
+        if self._server is not None:
+            self._server.stop(timeout)
 
     def __enter__(self) -> "LocalTorchServe":
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)

@@ -9,7 +9,6 @@ uses as "new data"; previous training rows are added to the training side only.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,45 +55,27 @@ class ConsensusReport:
         return figures
 
 
-def ask_branch(
-    client: TorchServeClient,
-    model_name: str,
-    images: np.ndarray,
-    batch_size: int,
-    retries: int = 3,
-    backoff: float = 0.5,
-) -> BranchAnswers:
+def ask_branch(client: TorchServeClient, model_name: str, images: np.ndarray, batch_size: int) -> BranchAnswers:
     """Labels and confidences of `model_name` for `images`, sent in .npy batches.
 
-    Connection failures and 5xx answers are retried `retries` times with doubling backoff;
-    a 4xx is the request's fault and is raised at once.
+    The client retries (ctloop.http's policy: connection failures and 429/502/503/504, with
+    backoff). A 4xx is the request's fault and is raised at once as the TorchServeError; what
+    still fails after the retries (unreachable, 5xx) is a BranchUnavailableError.
     """
     labels, confidences = [], []
     for start in range(0, len(images), batch_size):
-        answer = _with_retries(
-            lambda: client.predict_batch(model_name, images[start : start + batch_size]),
-            model_name,
-            retries,
-            backoff,
-        )
+        try:
+            answer = client.predict_batch(model_name, images[start : start + batch_size])
+        except TorchServeError as error:
+            if 400 <= error.status < 500:
+                raise
+            attempts = f"{error.attempts} attempt{'s' if error.attempts != 1 else ''}"
+            raise BranchUnavailableError(
+                f"branch model {model_name!r} unavailable after {attempts}: {error}"
+            ) from error
         labels.extend(answer["labels"])
         confidences.extend(answer["confidences"])
     return BranchAnswers(np.asarray(labels, np.int64), np.asarray(confidences, np.float64))
-
-
-def _with_retries(call, model_name: str, retries: int, backoff: float) -> dict:
-    for attempt in range(retries + 1):
-        try:
-            return call()
-        except TorchServeError as error:
-            if 400 <= error.status < 500 or attempt == retries:
-                if error.status and error.status < 500:
-                    raise
-                raise BranchUnavailableError(
-                    f"branch model {model_name!r} unavailable after {retries + 1} attempts: {error}"
-                ) from error
-            time.sleep(backoff * 2**attempt)
-    raise AssertionError("unreachable")
 
 
 def consensus_filter(

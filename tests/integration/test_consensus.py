@@ -131,16 +131,21 @@ def test_nothing_kept_when_threshold_is_unreachable(serving, branches, tmp_path:
 
 
 def test_a_branch_that_is_down_fails_clearly_after_bounded_retries(serving, tmp_path: Path) -> None:
-    dead = TorchServeClient("http://127.0.0.1:9", serving.server.management_url, serving.server.keys())
+    dead = TorchServeClient("http://127.0.0.1:9", serving.server.management_url, serving.server.keys(),
+                            retries=2, backoff=0.01)
     with pytest.raises(BranchUnavailableError, match=r"branch model 'b1' unavailable after 3 attempts"):
-        ask_branch(dead, "b1", random_images(4, seed=6), batch_size=4, retries=2, backoff=0.01)
+        ask_branch(dead, "b1", random_images(4, seed=6), batch_size=4)
 
 
 def test_an_unknown_branch_model_is_not_retried(serving) -> None:
     from serving.client import TorchServeError
 
-    with pytest.raises(TorchServeError, match="404"):
-        ask_branch(serving.client, "b9", random_images(2, seed=7), batch_size=2, retries=5, backoff=10)
+    patient = TorchServeClient(serving.server.inference_url, serving.server.management_url, serving.server.keys(),
+                               retries=5, backoff=10)
+    with pytest.raises(TorchServeError, match="404") as caught:
+        ask_branch(patient, "b9", random_images(2, seed=7), batch_size=2)
+    assert caught.value.attempts == 1
+    patient.close()
 
 
 @pytest.mark.parametrize(

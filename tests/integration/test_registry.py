@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Iterator
 from pathlib import Path
@@ -10,13 +11,13 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from ctloop import registry
+from ctloop import http, registry
 from ctloop.images import ImageSet
 from ctloop_app.mlflow_server import MlflowServer
 from ctloop.modelfile import ModelCard, load_model, save_model
 from ctloop.models import build_model
 from ctloop.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistryError
-from serving.server import free_port
+from ctloop.process import free_port
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +208,28 @@ def test_unreachable_server_fails_fast(
     with pytest.raises(RegistryError, match=f"cannot reach the MLflow tracking server at {uri}"):
         registry.get_version_by_alias("down", CHAMPION, uri)
     assert time.monotonic() - started < 10
+
+
+def test_mlflow_reads_the_retry_policy_s_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import environment_variables as settings
+
+    for name, value in http.mlflow_environment().items():
+        monkeypatch.setenv(name, value)
+    assert settings.MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == http.RETRIES
+    assert settings.MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == http.BACKOFF
+    assert settings.MLFLOW_HTTP_REQUEST_BACKOFF_JITTER.get() == http.BACKOFF_JITTER
+    assert settings.MLFLOW_HTTP_REQUEST_TIMEOUT.get() == http.TIMEOUT
+
+
+@pytest.mark.slow
+def test_unreachable_server_is_retried_by_the_policy_then_the_environment_is_restored() -> None:
+    """No MLFLOW_HTTP_* set: the policy's 3 retries (waits 0, 2, 4 s), not MLflow's 7 (minutes)."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(RegistryError, match=f"cannot reach the MLflow tracking server at {uri}"):
+        registry.get_version_by_alias("down", CHAMPION, uri)
+    assert 6 <= time.monotonic() - started < 15
+    assert not [name for name in os.environ if name.startswith("MLFLOW_HTTP_")]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from components.notify.logic import (
 )
 from ctloop.alerts import run_failed
 from ctloop.slack import send
-from serving.server import free_port
+from ctloop.process import free_port
 from slack_support import Receiver
 
 

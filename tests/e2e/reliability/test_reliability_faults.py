@@ -24,7 +24,7 @@ from reliability_support import (
 )
 from serving.client import TorchServeClient
 from serving.store import read_prediction_log
-from serving.server import free_port
+from ctloop.process import free_port
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
