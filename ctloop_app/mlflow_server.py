@@ -2,12 +2,15 @@
 
 `make run` starts one so the MLflow UI shows the runs and the registry while the demo works.
 It runs as a ctloop.process.ServerProcess. `mlflow server` forwards SIGTERM to the uvicorn
-server it starts, but not to its job runner and Huey consumers, so stop() sends SIGTERM to the
-whole process group.
+server it starts; stop() sends SIGTERM to the whole process group all the same. The server's
+job execution (MLflow's background job runner and Huey consumers, used by its GenAI features, not
+by the tracking store or the model registry) is off: it added eight processes, a zombie left
+to PID 1 on stop, and most of the start-up time.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +55,7 @@ class MlflowServer:
         self._server = ServerProcess(
             command, self.log_file, self._healthy, name=f"mlflow server at {self.tracking_uri}",
             start_timeout=self.start_timeout, cwd=self.work_dir, append_log=False, terminate="group",
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             error=MlflowServerError, poll=0.25,
         )
         self._server.start()
