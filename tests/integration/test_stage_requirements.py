@@ -2,7 +2,8 @@
 
 A stage image (components/Dockerfile) holds exactly components/<stage>/requirements.txt plus
 ctloop installed with --no-deps. Here each stage gets the same: a venv under
-.venv-stages/<stage>/ (kept between runs, rebuilt when the requirements file's sha256 changes)
+~/.cache/ctloop/stage-venvs/<stage>-<sha256 of its requirements file>/ (kept between runs and
+checkouts, like pip's own cache; a changed requirements file gets a new venv)
 with the requirements, and a wheel of this working tree built from the directories the
 Dockerfile copies. In that venv, isolated from the dev venv (`python -I`, a fresh working
 directory), a subprocess imports the kfp executor and components.<stage>.component and runs the
@@ -22,6 +23,7 @@ import ast
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +37,7 @@ import pytest
 from kubeflow_pipeline.images import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
-VENVS = ROOT / ".venv-stages"
+VENVS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctloop" / "stage-venvs"
 STAMP = ".requirements-sha256"
 # What components/Dockerfile copies into the image before `pip install --no-deps .`.
 DOCKERFILE_COPIES = ("pyproject.toml", "README.md", "ctloop", "ctloop_app", "components", "serving",
@@ -91,7 +93,7 @@ def requirements_digest(stage: str) -> str:
 @contextmanager
 def locked(stage: str) -> Iterator[None]:
     """One builder or user of a stage venv at a time (several people run tests in this tree)."""
-    VENVS.mkdir(exist_ok=True)
+    VENVS.mkdir(parents=True, exist_ok=True)
     with open(VENVS / f"{stage}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -111,8 +113,8 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 def stage_venv(stage: str) -> tuple[Path, float | None]:
     """The stage's venv, built if missing or stamped with another requirements digest; returns
     it and the seconds the build took (None when the cached one was current). Call it locked."""
-    venv = VENVS / stage
     digest = requirements_digest(stage)
+    venv = VENVS / f"{stage}-{digest[:16]}"
     stamp = venv / STAMP
     if stamp.is_file() and stamp.read_text().strip() == digest and (venv / "bin" / "python").is_file():
         return venv, None
