@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.load import Connect, Reply, http_connect
+from ctloop.modelfile import load_model, predict_proba
 from ctloop_app.stack import LocalStack
 from serving.archive import build_archive
 from serving.deploy import deploy
@@ -46,7 +47,7 @@ def bench_deploy(stack: LocalStack, model_file: Path, canary: np.ndarray, bodies
         thread.start()
     time.sleep(SETTLE_SECONDS)
     started = time.monotonic()
-    record = deploy(stack.client, archive, "champion", version, canary, model_file)
+    record = deploy(stack.client, archive, "champion", version, canary, predict_proba(load_model(model_file)[0], canary))
     ended = time.monotonic()
     time.sleep(SETTLE_SECONDS)
     stop.set()

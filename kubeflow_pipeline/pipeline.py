@@ -139,7 +139,7 @@ def _retrain(ops: dict, monitor: dsl.PipelineTask, p: dict) -> None:
     ).set_display_name("analyze")
     with dsl.If(analyze.outputs["Output"] == True, name="challenger-is-better"):  # noqa: E712
         deploy = ops[deploy_op](
-            challenger=train.outputs["model"], version=train.outputs["version"], canary_set=golden.output,
+            challenger=train.outputs["model"], version=train.outputs["version"], canary_set=analyze.outputs["canary"],
             model_store=p["model_store"], ts_inference_url=p["ts_inference_url"],
             ts_management_url=p["ts_management_url"], mlflow_tracking_uri=p["mlflow_tracking_uri"],
             registered_model=p["registered_model"], keep_versions=p["keep_versions"], run_name=run_name,

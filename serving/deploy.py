@@ -1,7 +1,7 @@
 """Zero-downtime deploy of a model version to a running TorchServe, with rollback.
 
-register -> wait until ready -> smoke test on a canary batch (must equal in-process predictions
-of the same model file) -> set default -> verify -> done. Any failure rolls back: the previous
+register -> wait until ready -> smoke test on a canary batch (must equal the in-process
+predictions of the same model file, computed by the caller: this module needs no torch) -> set default -> verify -> done. Any failure rolls back: the previous
 default is (again) the default and the new version is unregistered. Requests keep flowing to the
 previous default until the atomic set-default, so no request fails during a deploy.
 """
@@ -15,7 +15,6 @@ from typing import Callable
 
 import numpy as np
 
-from ctloop.modelfile import load_model, predict_proba
 from serving.client import TorchServeClient, TorchServeError
 
 
@@ -51,7 +50,7 @@ def deploy(
     model_name: str,
     version: str,
     canary_images: np.ndarray,
-    expected: np.ndarray | str | Path,
+    expected: np.ndarray,
     canary_labels: np.ndarray | None = None,
     workers: int = 1,
     ready_timeout: float = 120.0,
@@ -65,13 +64,13 @@ def deploy(
         model_name: serving name: champion, b1, b2 or eval.
         version: the registry's model version; must equal the archive's version.
         canary_images: float32 (N, H, W) in [0, 1], sent with the canary header (not logged).
-        expected: in-process probabilities (N, classes) of the same model, or its model file.
+        expected: in-process probabilities (N, classes) of the same model file on canary_images.
         canary_labels: true labels of the canary batch, only to report its accuracy.
         workers: workers of the new version.
         ready_timeout: seconds to wait for the workers to be READY.
         tolerance: largest allowed |confidence difference| against in-process predictions.
     """
-    probabilities = _expected_probabilities(expected, canary_images)
+    probabilities = np.asarray(expected, dtype=np.float32)
     record = DeployRecord(model_name, str(version), _current_default(client, model_name))
     registered = default_changed = False
     try:
@@ -110,13 +109,6 @@ def _step(record: DeployRecord, name: str, action: Callable[[], object]) -> obje
         raise
     record.steps.append(DeployStep(name, time.monotonic() - start, True))
     return result
-
-
-def _expected_probabilities(expected: np.ndarray | str | Path, images: np.ndarray) -> np.ndarray:
-    if isinstance(expected, np.ndarray):
-        return expected
-    model, _ = load_model(expected)
-    return predict_proba(model, images)
 
 
 def _current_default(client: TorchServeClient, model_name: str) -> str | None:

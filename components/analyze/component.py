@@ -14,6 +14,7 @@ def analyze_op(
     run_name: str,
     report: Output[Markdown],
     decision: Output[Artifact],
+    canary: Output[Dataset],
     metrics: Output[Metrics],
     challenger_new_data: Output[ClassificationMetrics],
     champion_new_data: Output[ClassificationMetrics],
@@ -33,6 +34,7 @@ def analyze_op(
         run_name: the pipeline run, for alerts.
         report: metrics side by side, per-class recall, decision and reasons.
         decision: the decision, its reasons and the metric deltas (JSON), for the Slack message.
+        canary: golden images with the challenger's in-process answers, for deploy's smoke test.
         metrics: accuracies and macro-F1 of both models on both sets.
         challenger_new_data: the challenger's confusion matrix on the new data.
         champion_new_data: the champion's confusion matrix on the new data.
@@ -47,7 +49,8 @@ def analyze_op(
     with alert_on_failure("analyze", run_name):
         result = analyze_against_champion(Path(challenger.path), Path(holdout_set.path), Path(golden_set.path),
                                           mlflow_tracking_uri, registered_model, min_improvement,
-                                          max_golden_regression, Path(report.path), Path(decision.path))
+                                          max_golden_regression, Path(report.path), Path(decision.path),
+                                          Path(canary.path))
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
     outputs = {("challenger", "holdout"): challenger_new_data, ("champion", "holdout"): champion_new_data,

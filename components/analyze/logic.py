@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ctloop.images import ImageSet, write_atomic
+from ctloop.canary import Canary
 from ctloop.modelfile import ModelCard, load_model, predict_proba
 
 MODELS = ("champion", "challenger")
@@ -101,6 +102,8 @@ def analyze_against_champion(
     max_golden_regression: float,
     report_out: Path,
     decision_out: Path,
+    canary_out: Path,
+    canary_size: int = 64,
 ) -> AnalysisResult:
     """The analyze stage: `analyze` against the model version MLflow's `champion` alias names.
 
@@ -118,6 +121,8 @@ def analyze_against_champion(
         max_golden_regression: allowed loss in golden accuracy (champion - challenger).
         report_out: where to write the Markdown report.
         decision_out: where to write AnalysisResult.decision() (JSON), which notify reads.
+        canary_out: where to write the deploy stage's smoke test (write_canary).
+        canary_size: golden images in the canary batch.
 
     Returns:
         The AnalysisResult; its reasons are also printed, for the stage's log.
@@ -134,9 +139,21 @@ def analyze_against_champion(
         result = analyze(Path(challenger_file), champion.model_file, Path(holdout_set), Path(golden_set),
                          min_improvement, max_golden_regression, Path(report_out))
     write_atomic(Path(decision_out), json.dumps(result.decision(version)).encode("utf-8"))
+    write_canary(Path(challenger_file), Path(golden_set), Path(canary_out), canary_size)
     for reason in result.reasons:
         print(reason)
     return result
+
+
+def write_canary(model_file: Path, golden_set: Path, out: Path, size: int = 64) -> Canary:
+    """The first `size` golden images with `model_file`'s in-process answers: what its TorchServe
+    version must answer in the deploy stage's smoke test (which then needs no torch of its own)."""
+    golden = ImageSet.load(golden_set)
+    model, _ = load_model(model_file)
+    images, labels = golden.images[:size], golden.labels[:size]
+    canary = Canary(images, labels, predict_proba(model, images).astype(np.float32))
+    canary.save(out)
+    return canary
 
 
 def analyze(

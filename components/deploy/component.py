@@ -23,7 +23,7 @@ def deploy_op(
     Args:
         challenger: the approved challenger's model file (from train).
         version: its MLflow model version, which becomes its TorchServe version.
-        canary_set: labelled images for the smoke test (the golden set).
+        canary_set: images with the challenger's in-process answers, for the smoke test (from analyze).
         model_store: TorchServe's model store directory.
         ts_inference_url: TorchServe inference API.
         ts_management_url: TorchServe management API (keys come from the environment).

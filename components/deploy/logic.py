@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ctloop import registry
-from ctloop.images import ImageSet
+from ctloop.canary import Canary
 from serving.archive import build_archive
 from serving.client import TorchServeClient, TorchServeError, client_from_env
 from serving.deploy import deploy
@@ -80,7 +80,7 @@ def deploy_to_torchserve(
     Args:
         model_file: the challenger's TorchScript file.
         version: its MLflow model version, which becomes its TorchServe version.
-        canary_set: labelled ImageSet (.npz) for the smoke test.
+        canary_set: the Canary (.npz) analyze wrote: images, labels, in-process answers.
         model_store: TorchServe's model store directory.
         inference_url: TorchServe inference API.
         management_url: TorchServe management API.
@@ -106,31 +106,29 @@ def deploy_challenger(
     tracking_uri: str | None,
     serving_name: str = "champion",
     keep_versions: int = 3,
-    canary_size: int = 64,
 ) -> DeployOutcome:
     """Deploy `model_file` (registry version `version`) as the default `serving_name` version.
 
     Args:
         model_file: the challenger's TorchScript file.
         version: its MLflow model version, which becomes its TorchServe version.
-        canary_set: labelled ImageSet (.npz) whose first `canary_size` images smoke-test it.
+        canary_set: the Canary (.npz): images whose answers from the new version must equal
+            the in-process answers it holds, and their labels (for the canary's accuracy).
         model_store: TorchServe's model store directory, where the archive is written.
         client: TorchServe client with management and inference keys.
         registered_model: the MLflow registered model name.
         tracking_uri: MLflow tracking URI ("" or None: MLFLOW_TRACKING_URI).
         serving_name: TorchServe model name of the champion.
         keep_versions: TorchServe versions kept; older non-default ones are unregistered.
-        canary_size: how many canary images to send.
 
     Raises:
         DeployFailedError: serving rolled the new version back, or the `champion` alias could
             not move and serving was switched back to the old default.
     """
-    canary = ImageSet.load(canary_set)
-    canary = canary.subset(slice(0, canary_size))
+    canary = Canary.load(canary_set)
     workers = _default_workers(client, serving_name)
     archive = build_archive(model_file, "champion", version, model_store, workers=workers)
-    record = deploy(client, archive, serving_name, version, canary.images, model_file, canary.labels,
+    record = deploy(client, archive, serving_name, version, canary.images, canary.probabilities, canary.labels,
                     workers=workers)
     if record.outcome != "deployed":
         archive.unlink(missing_ok=True)

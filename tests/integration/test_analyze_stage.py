@@ -12,7 +12,9 @@ from sklearn.datasets import load_digits
 
 from components.analyze.logic import analyze, analyze_against_champion
 from ctloop import registry
+from ctloop.canary import Canary
 from ctloop.images import ImageSet
+from ctloop.modelfile import load_model, predict_proba
 from ctloop.registry import RegistryError
 from serving_support import CLASS_NAMES, write_model
 
@@ -37,7 +39,7 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def run_stage(files: dict[str, Path], challenger: str, uri: str, name: str, out: Path):
     return analyze_against_champion(files[challenger], files["holdout"], files["golden"], uri, name, 0.01, 0.02,
-                                    out / "report.md", out / "decision.json")
+                                    out / "report.md", out / "decision.json", out / "canary.npz")
 
 
 def test_compares_with_the_version_the_alias_names(files, tracking_uri: str, tmp_path: Path,
@@ -58,6 +60,12 @@ def test_compares_with_the_version_the_alias_names(files, tracking_uri: str, tmp
         result.scores["challenger"]["golden"].accuracy - result.scores["champion"]["golden"].accuracy)
     assert (tmp_path / "report.md").read_text().startswith("# Challenger vs champion")
     assert capsys.readouterr().out == "".join(reason + "\n" for reason in result.reasons)
+
+    canary, golden = Canary.load(tmp_path / "canary.npz"), ImageSet.load(files["golden"])
+    np.testing.assert_array_equal(canary.images, golden.images[:64])
+    np.testing.assert_array_equal(canary.labels, golden.labels[:64])
+    np.testing.assert_allclose(canary.probabilities, predict_proba(load_model(files["c"])[0], golden.images[:64]),
+                               atol=1e-6)  # the challenger's own answers, which deploy requires back
 
 
 def test_the_champion_itself_is_not_deployed(files, tracking_uri: str, tmp_path: Path) -> None:

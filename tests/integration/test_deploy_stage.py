@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from components.analyze.logic import write_canary
 from components.deploy.logic import DeployFailedError, deploy_challenger, deploy_to_torchserve
 from ctloop import registry
 from ctloop.images import ImageSet
@@ -33,8 +34,8 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def canary_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("canary") / "canary.npz"
+def golden_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("golden") / "golden.npz"
     ImageSet(random_images(24, seed=5), np.arange(24, dtype=np.int64) % len(CLASS_NAMES), CLASS_NAMES).save(path)
     return path
 
@@ -48,10 +49,13 @@ def champion(serving, model_files, tracking_uri: str) -> str:
     return version
 
 
-def new_challenger(folder: Path, tracking_uri: str, seed: int) -> tuple[Path, str]:
-    """A challenger registered as the next version, with the alias `challenger`, as train leaves it."""
+def new_challenger(folder: Path, tracking_uri: str, seed: int, golden_set: Path) -> tuple[Path, str, Path]:
+    """A challenger registered as the next version, with the alias `challenger`, as train leaves it,
+    and its canary batch, as analyze leaves it."""
     model = write_model("champion", folder / "challenger.pt", seed)
-    return model, registry.register_model_file(REGISTERED, model, tracking_uri=tracking_uri, alias=CHALLENGER)
+    version = registry.register_model_file(REGISTERED, model, tracking_uri=tracking_uri, alias=CHALLENGER)
+    write_canary(model, golden_set, folder / "canary.npz")
+    return model, version, folder / "canary.npz"
 
 
 def aliases(tracking_uri: str) -> dict[str, str | None]:
@@ -59,10 +63,10 @@ def aliases(tracking_uri: str) -> dict[str, str | None]:
             for alias in (CHAMPION, PREVIOUS_CHAMPION)}
 
 
-def test_a_deploy_moves_the_default_and_both_aliases(serving, champion, tracking_uri: str, canary_set: Path,
+def test_a_deploy_moves_the_default_and_both_aliases(serving, champion, tracking_uri: str, golden_set: Path,
                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     old_default, old_champion = serving.client.default_version("champion"), aliases(tracking_uri)[CHAMPION]
-    model, version = new_challenger(tmp_path, tracking_uri, seed=11)
+    model, version, canary_set = new_challenger(tmp_path, tracking_uri, 11, golden_set)
     monkeypatch.setenv("CTLOOP_TS_KEY_FILE", str(serving.server.key_file))  # as the stage receives its keys
 
     outcome = deploy_to_torchserve(model, version, canary_set, serving.server.model_store,
@@ -76,19 +80,20 @@ def test_a_deploy_moves_the_default_and_both_aliases(serving, champion, tracking
     assert outcome.outputs() == {"old_version": old_default, "new_version": version}
     steps = ["register", "wait_ready", "smoke_test", "set_default", "verify"]
     assert [step["name"] for step in outcome.steps] == steps
-    canary = ImageSet.load(canary_set)
-    expected = float(np.mean(predict_proba(load_model(model)[0], canary.images).argmax(axis=1) == canary.labels))
+    golden = ImageSet.load(golden_set)
+    expected = float(np.mean(predict_proba(load_model(model)[0], golden.images).argmax(axis=1) == golden.labels))
     assert outcome.canary_accuracy == pytest.approx(expected)
     assert outcome.metrics() == pytest.approx(
         {**{f"{step['name']}_seconds": step["seconds"] for step in outcome.steps}, "canary_accuracy": expected})
 
 
 @pytest.mark.parametrize("failure", ["registered model MLflow does not have", "MLflow down"])
-def test_an_alias_that_cannot_move_switches_serving_back(serving, champion, tracking_uri: str, canary_set: Path,
+def test_an_alias_that_cannot_move_switches_serving_back(serving, champion, tracking_uri: str, golden_set: Path,
                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          failure: str) -> None:
     old_default, old_aliases = serving.client.default_version("champion"), aliases(tracking_uri)
-    model, version = new_challenger(tmp_path, tracking_uri, seed=21 if failure == "MLflow down" else 22)
+    model, version, canary_set = new_challenger(tmp_path, tracking_uri, 21 if failure == "MLflow down" else 22,
+                                                golden_set)
     if failure == "MLflow down":
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

@@ -77,7 +77,7 @@ def test_deploy_under_load_drops_no_request_and_logs_every_prediction(serving, c
     for thread in threads:
         thread.start()
     time.sleep(0.5)
-    record = deploy(serving.client, archive, "champion", "2", canary, new_model)
+    record = deploy(serving.client, archive, "champion", "2", canary, predict_proba(load_model(new_model)[0], canary))
     stop.set()
     for thread in threads:
         thread.join(timeout=60)
