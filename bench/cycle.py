@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib
 import inspect
 import os
 import statistics
@@ -202,9 +203,18 @@ def _import_seconds(run: LocalRun) -> dict[str, float]:
 
 
 def component_imports(function: Callable) -> str:
-    """The import statements in a component function's body (where kfp components import)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    return "\n".join(ast.unparse(node) for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)))
+    """The import statements a component runs: those in its function's body (kfp runs the body in
+    a fresh process) and those its stage's logic module defers into functions (e.g. MLflow,
+    imported only by the entry point that needs it)."""
+    statements = _function_imports(ast.parse(textwrap.dedent(inspect.getsource(function))))
+    logic = importlib.import_module(function.__module__.rsplit(".", 1)[0] + ".logic")
+    statements += _function_imports(ast.parse(inspect.getsource(logic)))
+    return "\n".join(dict.fromkeys(statements))
+
+
+def _function_imports(tree: ast.AST) -> list[str]:
+    return [ast.unparse(node) for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
+            for node in ast.walk(function) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
 def _python_seconds(code: str) -> float:
