@@ -17,7 +17,7 @@ import pytest
 if TYPE_CHECKING:
     from ctloop_app.bootstrap import BootstrapResult
     from ctloop_app.stack import LocalStack
-    from serving_support import Serving
+    from serving_support import Serving, SharedTorchServe
 
 with warnings.catch_warnings():
     # ts/version.py (TorchServe 0.12) leaves version.txt open; collect it here so its
@@ -56,17 +56,27 @@ def random_images_fixture() -> Callable[[int, int], np.ndarray]:
     return random_images
 
 
+@pytest.fixture(scope="session")
+def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SharedTorchServe"]:
+    """The session's TorchServe, lent to one test module (`serving`) or test (`stack`) at a time;
+    see serving_support.SharedTorchServe. A test that stops TorchServe starts its own."""
+    from serving_support import SharedTorchServe
+
+    with SharedTorchServe(tmp_path_factory.mktemp("torchserve")) as shared:
+        yield shared
+
+
 @pytest.fixture(scope="module")
-def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Serving"]:
-    """One real TorchServe for the test module, logging champion predictions to `<tmp>/store`."""
-    from serving.server import LocalTorchServe
+def serving(torchserve: "SharedTorchServe", request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator["Serving"]:
+    """A real TorchServe with no model registered, for the test module, logging champion
+    predictions to a store of the module's own (`serving.server.store_dir`)."""
     from serving_support import Serving
 
-    work = tmp_path_factory.mktemp("torchserve")
-    with LocalTorchServe(work / "ts", store_dir=work / "store") as server:
-        running = Serving(server)
-        yield running
-        running.client.close()
+    torchserve.lend(request.module.__name__, tmp_path_factory.mktemp("store"))
+    running = Serving(torchserve.server)
+    yield running
+    running.client.close()
 
 
 @pytest.fixture(scope="session")
@@ -77,11 +87,35 @@ def boot(tmp_path_factory: pytest.TempPathFactory) -> "BootstrapResult":
     return bootstrap_digits(tmp_path_factory.mktemp("bootstrap"), seed=0, progress=False)
 
 
-@pytest.fixture
-def stack(boot: "BootstrapResult", tmp_path: Path) -> Iterator["LocalStack"]:
-    """A fresh local stack per test (TorchServe, MLflow on SQLite), the champion as version 1."""
-    from ctloop_app.stack import install_models, local_stack
+@pytest.fixture(scope="session")
+def mlflow_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite database with every schema migration applied, made once per session
+    (migrating a new database takes MLflow seconds); each stack gets a copy."""
+    from ctloop import registry
 
+    database = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
+    registry.client(f"sqlite:///{database}").search_experiments()
+    return database
+
+
+@pytest.fixture
+def stack(torchserve: "SharedTorchServe", boot: "BootstrapResult", mlflow_schema: Path,
+          tmp_path: Path) -> "LocalStack":
+    """A fresh local stack per test, in `<tmp_path>/stack`: a new MLflow database (SQLite) with the
+    champion as version 1, and the session's TorchServe serving champion v1, B1 and B2, the
+    champion logging to the test's own prediction store (pipeline_support.stack_on)."""
+    from pipeline_support import stack_on
+
+    return stack_on(torchserve, tmp_path / "stack", boot, mlflow_schema)
+
+
+@pytest.fixture
+def own_stack(boot: "BootstrapResult", mlflow_schema: Path, tmp_path: Path) -> Iterator["LocalStack"]:
+    """A fresh local stack with a TorchServe of its own, for a test that stops it."""
+    from ctloop_app.stack import install_models, local_stack
+    from pipeline_support import new_registry
+
+    new_registry(tmp_path / "stack" / "mlflow", mlflow_schema)
     with local_stack(tmp_path / "stack", mlflow_server=False) as started:
         install_models(started, boot.model_files, boot.train_set)
         yield started

@@ -1,9 +1,10 @@
 """Helpers for tests that run the whole pipeline against a local stack (TorchServe + MLflow);
-the `boot` and `stack` fixtures are in tests/conftest.py."""
+the `boot`, `stack` and `own_stack` fixtures are in tests/conftest.py."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from ctloop import registry
@@ -11,9 +12,45 @@ from ctloop_app.bootstrap import BootstrapResult
 from ctloop.config import PipelineConfig
 from ctloop.images import ImageSet
 from ctloop.simulator import DriftSpec, ProductionLine
-from ctloop_app.stack import REGISTERED_MODEL, LocalStack
+from ctloop_app.stack import BRANCH_VERSION, REGISTERED_MODEL, LocalStack
 from ctloop_app.traffic import Answer, Traffic
 from ctloop_app.local_run import LocalRun, run_cycle
+from serving.archive import archive_name, build_archive
+from serving_support import SharedTorchServe
+
+BRANCHES = ("b1", "b2")
+
+
+def new_registry(mlflow_dir: Path, schema: Path) -> str:
+    """A tracking URI of a new, empty MLflow database in `mlflow_dir`: a copy of `schema`, an
+    empty database with every migration applied (MLflow migrates a database without tables, which
+    takes it seconds; one whose schema is at the head revision it takes as it is)."""
+    mlflow_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(schema, mlflow_dir / "mlflow.db")
+    return f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+
+
+def stack_on(torchserve: SharedTorchServe, work_dir: Path, boot: BootstrapResult, schema: Path) -> LocalStack:
+    """What `local_stack` + `install_models` give a test, on the session's TorchServe: a new MLflow
+    database with the champion as version 1 (alias `champion`), and champion v1, B1 and B2 served,
+    the champion logging to `<work_dir>/store`. B1 and B2 log nothing and no test changes them, so
+    they stay registered from one stack to the next unless another tenant had TorchServe between."""
+    kept = torchserve.lend("stacks", work_dir / "store", keep=BRANCHES)
+    stack = LocalStack(work_dir, torchserve.server, new_registry(work_dir / "mlflow", schema), torchserve.client)
+    version = registry.register_model_file(REGISTERED_MODEL, boot.model_files["champion"], boot.train_set,
+                                           tracking_uri=stack.tracking_uri)
+    registry.promote(REGISTERED_MODEL, version, stack.tracking_uri)
+    built = torchserve.link.parent / "stack-archives"  # the same three archives for every stack
+    for role in ("champion", *BRANCHES):
+        if role in kept:
+            continue
+        role_version = version if role == "champion" else BRANCH_VERSION
+        archive = built / archive_name(role, role_version)
+        if not archive.is_file():
+            build_archive(boot.model_files[role], role, role_version, built)
+        shutil.copyfile(archive, stack.model_store / archive.name)
+        stack.client.register(archive.name, role)
+    return stack
 
 
 def play(stack: LocalStack, boot: BootstrapResult, drift: bool, window: int,

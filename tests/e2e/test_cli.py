@@ -42,12 +42,15 @@ def test_bootstrap_and_run_on_a_users_image_folder(tmp_path: Path, capsys) -> No
     write_image_folder(blurred, tmp_path / "production")
     config = tmp_path / "ctloop.yaml"
     # This golden set is 20 % of the user's folder, 179 parts: one part is 0.0056 of accuracy, so
-    # the golden-regression bar is set to what such a small set can resolve.
+    # the golden-regression bar is set to what such a small set can resolve. Ten bootstrap epochs
+    # and fifteen of retraining (instead of each recipe's 25-60 and the default 40) are plenty for
+    # what this checks, that the commands work on a user's folder: measured, the challenger beats
+    # the champion by 0.27 on the new parts and by 0.04 on the golden set.
     config.write_text(yaml.safe_dump({**PipelineConfig().as_dict(), "recent_window": 200, "min_samples": 50,
-                                      "max_golden_regression": 0.05}))
+                                      "max_golden_regression": 0.05, "train_epochs": 15}))
 
     assert main(["bootstrap", "--image-folder", str(tmp_path / "labelled"), "--image-size", "8", "8",
-                 "--out", str(tmp_path / "models")]) == 0
+                 "--out", str(tmp_path / "models"), "--epochs", "10"]) == 0
     assert "champion:" in capsys.readouterr().out
     code = main(["run", "--models", str(tmp_path / "models"), "--production-folder", str(tmp_path / "production"),
                  "--work-dir", str(tmp_path / "line"), "--config", str(config)])
@@ -71,7 +74,9 @@ def test_run_names_a_broken_production_file(tmp_path: Path, capsys) -> None:
 @pytest.mark.serving
 @pytest.mark.slow
 def test_demo_recovers_yield_and_writes_its_reports(tmp_path: Path) -> None:
-    settings = DemoSettings(work_dir=tmp_path / "demo", config=PipelineConfig(recent_window=200),
+    # Retraining for 20 epochs, not the default 40: the recovery asserted below is still wide
+    # (measured at 15: yield 0.20 -> 0.65, golden set within 0.006 of the old champion).
+    settings = DemoSettings(work_dir=tmp_path / "demo", config=PipelineConfig(recent_window=200, train_epochs=20),
                             mlflow_server=False)
     summary = run_demo(settings, say=lambda line: None)
     clean, drifted, after = summary.phases

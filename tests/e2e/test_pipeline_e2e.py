@@ -1,10 +1,13 @@
 """The whole pipeline through kfp.local against a real TorchServe and MLflow (SQLite).
 
-Each test starts its own stack with the bootstrapped models, plays a window of production
-traffic through the champion and runs one continuous-training cycle.
+Each test gets a fresh stack with the bootstrapped models (its own registry and prediction store;
+the session's TorchServe, reset), plays a window of production traffic through the champion and
+runs one continuous-training cycle.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -12,8 +15,10 @@ from ctloop import registry
 from ctloop.config import PipelineConfig
 from ctloop.images import ImageSet
 from ctloop_app.stack import REGISTERED_MODEL
-from pipeline_support import cycle, outbox, versions
+from pipeline_support import cycle, outbox, outbox_messages, versions
 from pipeline_support import play as _play
+from reliability_support import check_invariants
+from serving.store import read_prediction_log
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -25,19 +30,21 @@ def play(stack, boot, drift: bool) -> None:
     _play(stack, boot, drift, WINDOW)
 
 
-def test_drift_retrains_and_deploys_a_better_champion(stack, boot, tmp_path) -> None:
-    play(stack, boot, drift=True)
+def test_drift_retrains_and_deploys_a_better_champion_despite_slack_500_and_a_cut_log_line(
+        stack, boot, tmp_path, slack, monkeypatch) -> None:
+    """The deploy branch, degraded but not broken: Slack keeps answering 500 and the prediction
+    log's last line was cut short (a writer died mid-line). The cycle still deploys a better
+    champion, says so, and keeps every message and every prediction. (One deploy run for what were
+    two tests: this one and the reliability suite's Slack-500-and-cut-short-line test.)"""
+    answered = len(_play(stack, boot, drift=True, window=WINDOW))
+    with open(stack.store_dir / "predictions.jsonl", "a", encoding="utf-8") as log:
+        log.write('{"request_id": "part-cut", "time": 1700000000.5, "model_na')
+    slack.statuses = [500] * 100
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", slack.url)
     run = cycle(stack, boot, tmp_path, SMALL)
     assert run.succeeded, run.error
     assert run.task("deploy-op").parameters == {"old_version": "1", "new_version": "2"}
-    assert stack.client.default_version("champion") == "2"
-    assert stack.client.predict("champion", ImageSet.load(boot.golden_set).images[:1]).model_version == "2"
-    assert registry.get_version_by_alias(REGISTERED_MODEL, "champion", stack.tracking_uri) == "2"
-    assert registry.get_version_by_alias(REGISTERED_MODEL, "previous-champion", stack.tracking_uri) == "1"
-    texts = outbox(stack)
-    assert texts[0].startswith("Retraining started: champion v1 yield")
-    assert any(text.startswith("Deployed champion v2 (was v1)") for text in texts)
-    assert not any("not deployed" in text.lower() or "failed" in text.lower() for text in texts)
+    assert run.task("monitor-op").artifacts["metrics"]["metadata"]["window_size"] == WINDOW
     consensus = run.task("consensus-op").artifacts["metrics"]["metadata"]
     assert consensus["kept"] >= 50 and consensus["pseudo_label_precision"] > 0.9
     analyze = run.task("analyze-op")
@@ -45,6 +52,29 @@ def test_drift_retrains_and_deploys_a_better_champion(stack, boot, tmp_path) -> 
     assert {"challenger_new_data", "champion_new_data", "challenger_golden", "champion_golden"} <= set(
         analyze.artifacts
     )
+
+    # What people were told: every message kept in the outbox after Slack's third 500.
+    kept = outbox_messages(stack)
+    texts = [entry["message"]["text"] for entry in kept]
+    assert texts[0].startswith("Retraining started: champion v1 yield") and texts[1] == "Deployed champion v2 (was v1)"
+    assert len(texts) == 2
+    assert not any("not deployed" in text.lower() or "failed" in text.lower() for text in texts)
+    assert {entry["reason"] for entry in kept} == {"Slack answered 500 'server_error' after 3 attempts"}
+    assert [body["text"] for body in slack.bodies] == [texts[0]] * 3 + [texts[1]] * 3
+    assert "the log's last line was cut short and skipped" in json.dumps(kept[0]["message"]["blocks"])
+
+    # What serves: the new champion, in TorchServe and in MLflow.
+    assert stack.client.default_version("champion") == "2"
+    assert registry.get_version_by_alias(REGISTERED_MODEL, "champion", stack.tracking_uri) == "2"
+    assert registry.get_version_by_alias(REGISTERED_MODEL, "previous-champion", stack.tracking_uri) == "1"
+    assert check_invariants(stack, boot.golden_set, answered, cut_short_tail=True) == "2"
+    assert stack.client.predict("champion", ImageSet.load(boot.golden_set).images[:1]).model_version == "2"
+    answered += 1  # that prediction was logged, the first since the cut line
+
+    more = len(_play(stack, boot, drift=True, window=20))
+    records = read_prediction_log(stack.store_dir / "predictions.jsonl")
+    assert records.broken_lines == [answered] and not records.truncated_tail, "the fragment was closed"
+    assert len(records) == answered + more, "no prediction after the fragment was lost"
 
 
 def test_a_challenger_that_is_not_better_enough_is_not_deployed(stack, boot, tmp_path) -> None:

@@ -1,11 +1,11 @@
 """Infrastructure faults during a real cycle (kfp.local, TorchServe, MLflow on SQLite, Slack):
 each ends in a clear failure with an alert, or the pipeline goes on; never a half-deployed
-champion, a lost prediction or a dangling model version."""
+champion, a lost prediction or a dangling model version. (Slack answering 500 and a prediction
+log whose last line was cut short happen during the deploy run of test_pipeline_e2e.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 
 import pytest
@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from ctloop import registry
 from ctloop.config import PipelineConfig
 from ctloop_app.stack import REGISTERED_MODEL
-from pipeline_support import cycle, outbox, outbox_messages, play, versions
+from pipeline_support import cycle, outbox, play, versions
 from reliability_support import (
     Watcher,
     champion_versions,
@@ -23,7 +23,6 @@ from reliability_support import (
     stage_process,
 )
 from serving.client import TorchServeClient
-from serving.store import read_prediction_log
 from ctloop.process import free_port
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
@@ -52,11 +51,12 @@ def test_b1_down_during_consensus_is_retried_then_fails_with_an_alert(stack, boo
     assert check_invariants(stack, boot.golden_set, answered) == "1"
 
 
-def test_torchserve_stopped_during_deploy_leaves_the_old_champion(stack, boot, tmp_path) -> None:
+def test_torchserve_stopped_during_deploy_leaves_the_old_champion(own_stack, boot, tmp_path) -> None:
     """TorchServe keeps no state across a restart; MLflow's `champion` alias is the record of what
     serves, and it moves only once the new version answers as default. So TorchServe dying in the
     middle of a deploy fails the deploy stage with an alert, leaves the alias on the old champion,
     and a TorchServe restarted on the same model store serves the old champion again."""
+    stack = own_stack  # this test stops TorchServe: a TorchServe of its own
     answered = len(play(stack, boot, drift=True, window=WINDOW))
     watch = TorchServeClient(stack.torchserve.inference_url, stack.torchserve.management_url,
                              stack.torchserve.keys())
@@ -94,34 +94,6 @@ def test_mlflow_unreachable_fails_the_run_cleanly(stack, boot, tmp_path, monkeyp
     assert run.task("collect-op").seconds < 20
     assert versions(stack) == ["1"]
     assert check_invariants(stack, boot.golden_set, answered) == "1"
-
-
-def test_slack_500_and_a_cut_short_log_line_do_not_stop_a_deploy(stack, boot, tmp_path, slack, monkeypatch) -> None:
-    """Degraded, not broken: Slack keeps answering 500 and the prediction log's last line was cut
-    short (a writer died mid-line); the cycle still deploys, says so, and keeps every message."""
-    answered = len(play(stack, boot, drift=True, window=WINDOW))
-    with open(stack.store_dir / "predictions.jsonl", "a", encoding="utf-8") as log:
-        log.write('{"request_id": "part-cut", "time": 1700000000.5, "model_na')
-    slack.statuses = [500] * 100
-    monkeypatch.setenv("SLACK_WEBHOOK_URL", slack.url)
-    run = cycle(stack, boot, tmp_path, SMALL)
-    assert run.succeeded, run.error
-    assert run.task("deploy-op").parameters == {"old_version": "1", "new_version": "2"}
-    kept = outbox_messages(stack)
-    texts = [entry["message"]["text"] for entry in kept]
-    assert texts[0].startswith("Retraining started: champion v1") and texts[1] == "Deployed champion v2 (was v1)"
-    assert len(texts) == 2
-    assert {entry["reason"] for entry in kept} == {"Slack answered 500 'server_error' after 3 attempts"}
-    assert [body["text"] for body in slack.bodies] == [texts[0]] * 3 + [texts[1]] * 3
-    monitor = run.task("monitor-op")
-    assert monitor.artifacts["metrics"]["metadata"]["window_size"] == WINDOW
-    started_blocks = json.dumps(kept[0]["message"]["blocks"])
-    assert "the log's last line was cut short and skipped" in started_blocks
-    assert check_invariants(stack, boot.golden_set, answered, cut_short_tail=True) == "2"
-    more = len(play(stack, boot, drift=True, window=20))
-    records = read_prediction_log(stack.store_dir / "predictions.jsonl")
-    assert records.broken_lines == [answered + 1] and not records.truncated_tail, "the fragment was closed"
-    assert len(records) == answered + more, "no prediction after the fragment was lost"
 
 
 def test_train_killed_then_rerun_registers_one_version(stack, boot, tmp_path) -> None:

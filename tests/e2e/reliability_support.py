@@ -1,6 +1,7 @@
 """What must hold after any fault, and the tools to cause faults.
 
-`check_invariants` is called at the end of every reliability test: the champion answers (as the
+`check_invariants` is called at the end of every reliability test (and of the deploy test of
+test_pipeline_e2e.py, whose run has faults of its own): the champion answers (as the
 version MLflow's `champion` alias names), the prediction log lost or broke no record, and every
 MLflow alias points at an existing, downloadable version, one version per training run.
 """
