@@ -71,6 +71,9 @@ def deploy(
         tolerance: largest allowed |confidence difference| against in-process predictions.
     """
     probabilities = np.asarray(expected, dtype=np.float32)
+    if probabilities.ndim != 2 or len(probabilities) != len(canary_images):
+        raise ValueError(f"expected must be in-process probabilities of shape ({len(canary_images)}, classes) "
+                         f"for the {len(canary_images)} canary images, got shape {probabilities.shape}")
     record = DeployRecord(model_name, str(version), _current_default(client, model_name))
     registered = default_changed = False
     try:

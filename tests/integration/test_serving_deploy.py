@@ -127,7 +127,7 @@ def test_wrong_answers_are_rolled_back_after_nothing_changed(serving, champion_v
     archive = build_archive(model_files["champion"], "champion", "10", serving.server.model_store)
     canary = random_images(8, 6)
     other = write_model("champion", tmp_path / "other.pt", seed=7)
-    record = deploy(serving.client, archive, "champion", "10", canary, other)
+    record = deploy(serving.client, archive, "champion", "10", canary, predict_proba(load_model(other)[0], canary))
     assert record.outcome == "rolled_back"
     assert record.steps[-2].name == "smoke_test" and not record.steps[-2].ok
     assert serving.client.default_version("champion") == before
