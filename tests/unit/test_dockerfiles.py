@@ -13,8 +13,8 @@ from cicd_support import ROOT, tool
 from kubeflow_pipeline.images import STAGES
 
 DOCKERFILES = [ROOT / "components" / "Dockerfile", ROOT / "serving" / "Dockerfile"]
-HTTP_ONLY = ("monitor", "collect", "validate", "consensus", "notify")
-TORCH_STAGES = ("train", "analyze", "deploy")
+HTTP_ONLY = ("monitor", "collect", "validate", "consensus", "deploy", "notify")
+TORCH_STAGES = ("train", "analyze")
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)$")
 
 
