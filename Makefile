@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-#   make test-fast   # the unit tier: under a minute, for the edit-test loop
+#   make test-fast   # the unit tier: about a minute on 2 cores, for the edit-test loop
 test-fast: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
