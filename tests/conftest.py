@@ -57,7 +57,7 @@ def random_images_fixture() -> Callable[[int, int], np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SharedTorchServe"]:
+def session_torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SharedTorchServe"]:
     """The session's TorchServe, lent to one test module (`serving`) or test (`stack`) at a time;
     see serving_support.SharedTorchServe. A test that stops TorchServe starts its own."""
     from serving_support import SharedTorchServe
@@ -67,14 +67,14 @@ def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SharedTorc
 
 
 @pytest.fixture(scope="module")
-def serving(torchserve: "SharedTorchServe", request: pytest.FixtureRequest,
+def serving(session_torchserve: "SharedTorchServe", request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator["Serving"]:
     """A real TorchServe with no model registered, for the test module, logging champion
     predictions to a store of the module's own (`serving.server.store_dir`)."""
     from serving_support import Serving
 
-    torchserve.lend(request.module.__name__, tmp_path_factory.mktemp("store"))
-    running = Serving(torchserve.server)
+    session_torchserve.lend(request.module.__name__, tmp_path_factory.mktemp("store"))
+    running = Serving(session_torchserve.server)
     yield running
     running.client.close()
 
@@ -99,14 +99,14 @@ def mlflow_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def stack(torchserve: "SharedTorchServe", boot: "BootstrapResult", mlflow_schema: Path,
+def stack(session_torchserve: "SharedTorchServe", boot: "BootstrapResult", mlflow_schema: Path,
           tmp_path: Path) -> "LocalStack":
     """A fresh local stack per test, in `<tmp_path>/stack`: a new MLflow database (SQLite) with the
     champion as version 1, and the session's TorchServe serving champion v1, B1 and B2, the
     champion logging to the test's own prediction store (pipeline_support.stack_on)."""
     from pipeline_support import stack_on
 
-    return stack_on(torchserve, tmp_path / "stack", boot, mlflow_schema)
+    return stack_on(session_torchserve, tmp_path / "stack", boot, mlflow_schema)
 
 
 @pytest.fixture
