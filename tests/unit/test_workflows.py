@@ -79,6 +79,13 @@ def test_ci_runs_on_push_and_pr_and_pushes_images_only_from_main() -> None:
     assert any(step.get("uses", "").startswith("actions/upload-artifact@") for step in jobs["compile"]["steps"])
 
 
+def test_images_are_built_only_after_lint_and_tests_passed() -> None:
+    jobs = load("ci.yml")["jobs"]
+    needs = jobs["build"].get("needs", [])
+    assert {"lint", "test"} <= set([needs] if isinstance(needs, str) else needs)
+    assert "if" not in jobs["build"], "no condition may run the build after a failed test (always(), failure())"
+
+
 @pytest.mark.parametrize("name", ["ci.yml", "cd.yml"])
 def test_slack_is_skipped_without_a_webhook(name: str) -> None:
     workflow = load(name)
