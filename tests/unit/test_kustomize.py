@@ -100,6 +100,26 @@ def test_workloads_have_probes_and_resources(path: str) -> None:
     assert claims == {cluster.STORE_PVC, cluster.MODEL_STORE_PVC}
 
 
+@pytest.mark.parametrize("path", ["k8s/overlays/local", "k8s/overlays/production"])
+def test_torchserve_probes_ask_ping_not_the_port(path: str) -> None:
+    """TorchServe opens its ports before its workers are ready: every probe runs ping.py (GET /ping
+    on the inference port with the inference key), which the config map mounts from the base."""
+    resources = render(path)
+    pod = by_kind(resources, "Deployment")["torchserve"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    ping = "/home/model-server/ping.py"
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container[kind]
+        assert "tcpSocket" not in probe and probe["exec"]["command"] == ["python", ping], kind
+        assert probe["timeoutSeconds"] >= 5, kind
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == ping)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    config = by_kind(resources, "ConfigMap")[volume["configMap"]["name"]]
+    assert config["data"][mount["subPath"]] == (ROOT / "k8s/base/torchserve/ping.py").read_text()
+    script = config["data"][mount["subPath"]]
+    assert "http://127.0.0.1:8080/ping" in script and '["inference"]["key"]' in script
+
+
 def test_local_overlay_does_not_own_the_kubeflow_namespace() -> None:
     assert not by_kind(render("k8s/overlays/local"), "Namespace")
 
