@@ -118,6 +118,19 @@ def connect(host: str, token: str | None = None, namespace: str | None = None):
         return kfp.Client(**kwargs)
 
 
+def find_pipeline_id(client, name: str, namespace: str | None = None) -> str | None:
+    """The id of the pipeline called `name` in `namespace`, or None.
+
+    Multi-user KFP lists a namespace's pipelines only when asked with that namespace
+    (kfp.Client.get_pipeline_id never passes one, so each submit would try to create it again)."""
+    by_name = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+    found = client.list_pipelines(filter=by_name, namespace=namespace or None, page_size=2).pipelines or []
+    if len(found) > 1:
+        raise SubmitError(f"{len(found)} pipelines are called {name!r}"
+                          f"{f' in namespace {namespace}' if namespace else ''}; delete all but one")
+    return found[0].pipeline_id if found else None
+
+
 def submit(client, package: str | Path, commit: str, params: Mapping[str, Any], *, ui_url: str,
            pipeline_name: str = PIPELINE_NAME, experiment: str = DEFAULT_EXPERIMENT,
            schedule: str = DEFAULT_SCHEDULE, namespace: str | None = None,
@@ -132,7 +145,7 @@ def submit(client, package: str | Path, commit: str, params: Mapping[str, Any], 
     check_params(package, params)
     params = dict(params)
 
-    pipeline_id = client.get_pipeline_id(pipeline_name)
+    pipeline_id = find_pipeline_id(client, pipeline_name, namespace)
     if pipeline_id is None:
         body = client.api_models.V2beta1Pipeline(
             display_name=pipeline_name, namespace=namespace,

@@ -23,9 +23,10 @@ TOKEN = "test-token"
 class FakeKfp:
     """Just enough of the KFP API server: pipelines, versions, experiments, runs, recurring runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, multi_user: bool = False) -> None:
+        self.multi_user = multi_user
         self.requests: list[tuple[str, str, dict, object]] = []
-        self.pipelines: dict[str, str] = {}  # display name -> id
+        self.pipelines: dict[tuple[str, str], str] = {}  # (namespace, display name) -> id
         self.recurring: dict[str, dict] = {}
         self.uploads: list[dict] = []
         self.counter = 0
@@ -39,14 +40,21 @@ class FakeKfp:
         base = "/apis/v2beta1/"
         route = path[len(base):] if path.startswith(base) else None
         if method == "GET" and route == "healthz":
-            return 200, {"multi_user": False}
+            return 200, {"multi_user": self.multi_user}
         if method == "GET" and route == "pipelines":
+            # Multi-user KFP: a namespace's pipelines are listed only to a request naming that
+            # namespace; without one, only the shared pipelines (no namespace).
             name = json.loads(query["filter"][0])["predicates"][0]["stringValue"]
-            found = [{"pipeline_id": self.pipelines[name], "display_name": name}] if name in self.pipelines else []
+            namespace = query.get("namespace", [""])[0] if self.multi_user else ""
+            key = (namespace, name)
+            found = [{"pipeline_id": self.pipelines[key], "display_name": name}] if key in self.pipelines else []
             return 200, {"pipelines": found} if found else {}
         if method == "POST" and route == "pipelines":
+            key = ((body.get("namespace") or "") if self.multi_user else "", body["display_name"])
+            if key in self.pipelines:
+                return 409, {"error": f"pipeline {body['display_name']!r} already exists", "code": 6}
             pipeline_id = self.new_id("pipeline")
-            self.pipelines[body["display_name"]] = pipeline_id
+            self.pipelines[key] = pipeline_id
             return 200, {"pipeline_id": pipeline_id, "display_name": body["display_name"]}
         if method == "POST" and route == "pipelines/upload_version":
             self.uploads.append({"query": query, "spec": body})
@@ -82,9 +90,9 @@ def multipart_file(content_type: str, data: bytes) -> bytes:
     raise AssertionError("no uploadfile part in the upload")
 
 
-@pytest.fixture()
-def kfp_server() -> Iterator[tuple[str, FakeKfp]]:
-    fake = FakeKfp()
+@pytest.fixture(params=[False], ids=["single-user"])
+def kfp_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, FakeKfp]]:
+    fake = FakeKfp(multi_user=request.param)
 
     class Handler(BaseHTTPRequestHandler):
         def _serve(self) -> None:
@@ -177,6 +185,22 @@ def test_next_commit_adds_a_version_and_replaces_the_schedule(kfp_server, packag
     assert second.replaced_recurring_runs == [first.recurring_run_id]
     assert list(fake.recurring) == [second.recurring_run_id]
     assert fake.bodies("DELETE", f"recurringruns/{first.recurring_run_id}") == [None]
+
+
+@pytest.mark.parametrize("kfp_server", [True], ids=["multi-user"], indirect=True)
+def test_multi_user_next_commit_finds_the_pipeline_in_its_namespace(kfp_server, package: Path) -> None:
+    host, fake = kfp_server
+    client = kfp_submit.connect(host, TOKEN, "ctloop")
+    first = kfp_submit.submit(client, package, "a" * 40, params(), ui_url=host, namespace="ctloop")
+    second = kfp_submit.submit(client, package, "b" * 40, params(), ui_url=host, namespace="ctloop")
+
+    assert [body["namespace"] for body in fake.bodies("POST", "pipelines")] == ["ctloop"], "created once"
+    assert second.pipeline_id == first.pipeline_id
+    lookups = [query for m, p, query, _ in fake.requests if m == "GET" and p == "/apis/v2beta1/pipelines"]
+    assert lookups and all(query["namespace"] == ["ctloop"] for query in lookups)
+    assert [u["query"]["pipelineid"][0] for u in fake.uploads] == [first.pipeline_id] * 2
+    # The fake scopes by namespace: without one, the profile's pipeline is not listed.
+    assert kfp_submit.find_pipeline_id(client, "ctloop-continuous-training") is None
 
 
 def test_cli_submit_end_to_end(kfp_server, tmp_path: Path, monkeypatch, capsys) -> None:
