@@ -1,4 +1,5 @@
-"""What a stage needs from the cluster: PVC mounts and Secret/ConfigMap env (kfp-kubernetes).
+"""What a stage needs from the cluster: PVC mounts, Secret/ConfigMap env and the image pull
+secret (kfp-kubernetes).
 
 Applied only when compiling for a cluster (`build_pipeline(..., cluster=True)`); local runs never
 see these settings. The names match the manifests under `k8s/base/`; a test renders them and
@@ -7,6 +8,7 @@ checks that every claim, Secret and ConfigMap named here exists there.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,6 +22,16 @@ MODEL_STORE_MOUNT = "/mnt/ctloop/model-store"
 TORCHSERVE_SECRET = "ctloop-torchserve-token"
 SLACK_SECRET = "ctloop-slack"
 PIPELINE_CONFIG_MAP = "ctloop-pipeline-env"
+# The docker-registry Secret the stage images (private GHCR packages) are pulled with; the
+# TorchServe Deployment names the same one (k8s/base/torchserve/deployment.yaml).
+IMAGE_PULL_SECRET = "ctloop-registry"
+IMAGE_PULL_SECRET_ENV = "CTLOOP_IMAGE_PULL_SECRET"
+
+
+def image_pull_secret() -> str:
+    """The pull secret's name: CTLOOP_IMAGE_PULL_SECRET when set (empty: none), else ctloop-registry.
+    Kubernetes pulls without it (and says so in the pod's events) when the Secret does not exist."""
+    return os.environ.get(IMAGE_PULL_SECRET_ENV, IMAGE_PULL_SECRET).strip()
 
 
 @dataclass(frozen=True)
@@ -45,8 +57,12 @@ NEEDS: dict[str, StageNeeds] = {
 
 
 def apply_cluster_settings(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
-    """Mount the PVCs and inject the env `stage` needs; every stage gets the Slack webhook."""
+    """Mount the PVCs and inject the env `stage` needs; every stage gets the Slack webhook and
+    the image pull secret."""
     needs = NEEDS[stage]
+    pull_secret = image_pull_secret()
+    if pull_secret:
+        k8s.set_image_pull_secrets(task, [pull_secret])
     if needs.store:
         k8s.mount_pvc(task, pvc_name=STORE_PVC, mount_path=STORE_MOUNT)
     if needs.model_store:

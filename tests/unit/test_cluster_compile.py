@@ -61,6 +61,32 @@ def test_cluster_compile_mounts_claims_and_injects_env(cluster_docs: list[dict])
             assert (maps.get(cluster.PIPELINE_CONFIG_MAP) == {"MLFLOW_TRACKING_URI"}) == needs.mlflow, name
 
 
+def test_every_task_pulls_with_the_image_pull_secret(cluster_docs: list[dict]) -> None:
+    spec, platform = cluster_docs
+    containers = {name for name, e in spec["deploymentSpec"]["executors"].items() if "container" in e}
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert containers <= set(executors), "every container task has a platform config"
+    for name in containers:
+        assert pull_secrets(executors[name]) == [cluster.IMAGE_PULL_SECRET], name
+
+
+def pull_secrets(config: dict) -> list[str]:
+    """The pull secrets' names, as constants (kfp-kubernetes writes both fields)."""
+    names = []
+    for secret in config.get("imagePullSecret", []):
+        assert secret["secretNameParameter"] == {"runtimeValue": {"constant": secret["secretName"]}}
+        names.append(secret["secretName"])
+    return names
+
+
+@pytest.mark.parametrize(("value", "expected"), [("acme-ghcr", ["acme-ghcr"]), ("", [])])
+def test_pull_secret_is_set_by_the_environment(tmp_path: Path, monkeypatch, value: str, expected) -> None:
+    monkeypatch.setenv(cluster.IMAGE_PULL_SECRET_ENV, value)
+    spec, platform = compile_docs(tmp_path, True)
+    for name, config in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+        assert pull_secrets(config) == expected, name
+
+
 def test_monitor_collect_and_deploy_share_the_store(cluster_docs: list[dict]) -> None:
     assert [s for s in STAGES if cluster.NEEDS[s].store] == ["monitor", "collect", "deploy"]
     assert [s for s in STAGES if cluster.NEEDS[s].torchserve_keys] == ["consensus", "deploy"]

@@ -98,6 +98,7 @@ def test_workloads_have_probes_and_resources(path: str) -> None:
     assert {"/home/model-server/model-store", "/mnt/ctloop/store"} <= mounts
     claims = {v["persistentVolumeClaim"]["claimName"] for v in torchserve["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {cluster.STORE_PVC, cluster.MODEL_STORE_PVC}
+    assert torchserve["imagePullSecrets"] == [{"name": cluster.IMAGE_PULL_SECRET}], "the serving image may be private"
 
 
 @pytest.mark.parametrize("path", ["k8s/overlays/local", "k8s/overlays/production"])
@@ -158,7 +159,7 @@ def test_production_storage_class_is_set_in_one_place(tmp_path) -> None:
         == {"efs-sc"}
 
 
-@pytest.mark.parametrize("name", ["slack.yaml", "torchserve-token.yaml", "kfp-credentials.yaml"])
+@pytest.mark.parametrize("name", ["slack.yaml", "torchserve-token.yaml", "kfp-credentials.yaml", "registry-pull.yaml"])
 def test_secret_templates_validate_and_hold_only_placeholders(name: str) -> None:
     secret = yaml.safe_load((ROOT / "k8s" / "secrets" / name).read_text())
     kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
@@ -171,3 +172,4 @@ def test_pipeline_secrets_match_the_templates() -> None:
              for p in (ROOT / "k8s" / "secrets").glob("*.yaml")}
     assert {"management-key", "inference-key"} <= set(names[cluster.TORCHSERVE_SECRET])
     assert "webhook-url" in names[cluster.SLACK_SECRET]
+    assert ".dockerconfigjson" in names[cluster.IMAGE_PULL_SECRET]

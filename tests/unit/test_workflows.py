@@ -79,6 +79,25 @@ def test_ci_runs_on_push_and_pr_and_pushes_images_only_from_main() -> None:
     assert any(step.get("uses", "").startswith("actions/upload-artifact@") for step in jobs["compile"]["steps"])
 
 
+def test_cd_deploys_the_serving_image_ci_built_for_the_commit() -> None:
+    workflow = load("cd.yml")
+    names = [step.get("id") for _, step in steps(workflow)]
+    assert names.index("serving") < names.index("submit"), "serving is deployed before the pipeline runs on it"
+    deploy = next(step for _, step in steps(workflow) if step.get("id") == "serving")
+    base = yaml.safe_load((ROOT / "k8s" / "base" / "kustomization.yaml").read_text())
+    [pinned] = [image["name"] for image in base["images"] if image["name"].endswith("/ctloop-serving")]
+    # CI's build job pushes ghcr.io/${OWNER,,}/ctloop-${IMAGE}:${GITHUB_SHA}; CD's COMMIT is that SHA.
+    built = "ghcr.io/${OWNER,,}/ctloop-serving:${COMMIT}"
+    assert f'kustomize edit set image "{pinned}={built}"' in deploy["run"]
+    assert 'cd "k8s/overlays/${OVERLAY}"' in deploy["run"] and "kubectl apply -k ." in deploy["run"]
+    assert "rollout status deployment/torchserve" in deploy["run"]
+    assert "create secret generic ctloop-torchserve-token" in deploy["run"], "TorchServe's new keys reach the stages"
+    assert deploy["env"]["KUBE_CONFIG"] == "${{ secrets.KUBE_CONFIG }}"
+    assert deploy["env"]["OWNER"] == "${{ github.repository_owner }}"
+    name_step = next(step for step in load("ci.yml")["jobs"]["build"]["steps"] if step.get("id") == "name")
+    assert "ghcr.io/${OWNER,,}/ctloop-${IMAGE}:${GITHUB_SHA}" in name_step["run"]
+
+
 def test_images_are_built_only_after_lint_and_tests_passed() -> None:
     jobs = load("ci.yml")["jobs"]
     needs = jobs["build"].get("needs", [])
