@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     images.add_argument("--registry", help="image registry (default CTLOOP_IMAGE_REGISTRY or ghcr.io/ctloop)")
     images.add_argument("--tag", help="image tag (default CTLOOP_IMAGE_TAG or the package version)")
     images.add_argument("--push", action="store_true")
+    images.add_argument("--pull", action="store_true",
+                        help="pull the newest base images (default: use the engine's copies; pull only what it lacks)")
     images.add_argument("--context", type=Path, default=Path("."), help="build context: a ctloop checkout (default .)")
     images.add_argument("--only", nargs="+", default=[], metavar="NAME", help="some stages and/or serving")
     images.set_defaults(command=_images)
@@ -229,7 +231,7 @@ def _images(args: argparse.Namespace) -> int:
     defaults = ImageSettings.from_env()
     images = ImageSettings(args.registry or defaults.registry, args.tag or defaults.tag)
     try:
-        build_images(images, args.context, push=args.push, only=tuple(args.only))
+        build_images(images, args.context, push=args.push, only=tuple(args.only), pull=args.pull)
     except (ValueError, ImageBuildError) as error:
         print(f"ctloop images: {error}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """The one place that names the container image of every pipeline stage.
 
-Each stage runs in its own image (built from `components/<stage>/Dockerfile`), so the compiled
+Each stage runs in its own image (built from `components/Dockerfile` with the STAGE build argument;
+`make images` builds them all and the serving image), so the compiled
 pipeline must name the image for the registry and tag it was built for. Nothing uses `:latest`:
 the tag defaults to the package version and CI passes the commit SHA.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import subprocess
 import tomllib
@@ -20,13 +21,18 @@ PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)$")
 
 def stage_requirements(stage: str) -> dict[str, str]:
     """name -> pinned version of every requirement of a stage image (components/<stage>/requirements.txt)."""
+    return pinned(ROOT / "components" / stage / "requirements.txt")
+
+
+def pinned(path) -> dict[str, str]:
+    """name -> pinned version of every requirement in a requirements file; all must be pinned."""
     packages = {}
-    for line in (ROOT / "components" / stage / "requirements.txt").read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith(("#", "--extra-index-url https://download.pytorch.org/whl/cpu")):
             continue
         match = PIN.match(line)
-        assert match, f"{stage}: unpinned requirement {line!r}"
+        assert match, f"{path}: unpinned requirement {line!r}"
         packages[match[1].lower().replace("_", "-")] = match[2]
     return packages
 
@@ -43,8 +49,37 @@ def test_stage_dockerfile_is_pinned_and_installs_nothing_at_run_time() -> None:
     base = re.search(r"^FROM (\S+)", text, re.MULTILINE)[1]
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
     assert "COPY components/${STAGE}/requirements.txt" in text
-    assert "pip install --no-cache-dir -r /tmp/requirements.txt" in text
+    assert "pip install --no-cache-dir --find-links /wheelhouse -r /tmp/requirements.txt" in text
     assert "pip install --no-cache-dir --no-deps ." in text, "ctloop itself is installed without pulling deps"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_wheelhouse_feeds_pip_and_stays_out_of_the_image(dockerfile) -> None:
+    """Wheels come from wheelhouse/ first (empty in a checkout: the requirements' index serves CI);
+    only the requirements stage sees it, the image gets the installed venv."""
+    text = (ROOT / dockerfile).read_text()
+    stages = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    assert len(stages) == 2 and stages[0].split()[1:3] == ["AS", "requirements"], "a requirements stage, then the image"
+    assert "COPY wheelhouse/ /wheelhouse/" in stages[0] and "wheelhouse" not in stages[1]
+    assert "COPY --from=requirements /opt/venv /opt/venv" in stages[1] and "PATH=/opt/venv/bin:$PATH" in stages[1]
+    assert (ROOT / "wheelhouse" / "README.md").is_file(), "the directory the Dockerfiles copy exists in a checkout"
+    assert "/wheelhouse/*.whl" in (ROOT / ".gitignore").read_text().split()
+
+
+def user_of(dockerfile) -> tuple[int, int]:
+    """The numeric UID:GID a Dockerfile's last USER runs as."""
+    user = re.findall(r"^USER (\S+)$", (ROOT / dockerfile).read_text(), re.MULTILINE)[-1]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and gid.isdigit(), f"{dockerfile}: USER {user} is not numeric UID:GID"
+    return int(uid), int(gid)
+
+
+def test_stage_and_serving_users_share_a_group_and_are_not_root() -> None:
+    """Both write the shared model-store and prediction-store volumes."""
+    (stage_uid, stage_gid), (serving_uid, serving_gid) = (user_of(path) for path in DOCKERFILES)
+    assert stage_gid == serving_gid and 0 not in (stage_uid, serving_uid, stage_gid)
+    for path in DOCKERFILES:
+        assert f"groupadd --gid {stage_gid} " in path.read_text()
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -61,25 +96,63 @@ def test_stage_image_is_pinned_and_lean(stage: str) -> None:
 
 
 def test_image_pins_satisfy_the_project_requirements() -> None:
-    """A pin in a stage image must be a version pyproject.toml allows (and that the tests ran with)."""
+    """A pin in an image must be a version pyproject.toml allows (and that the tests ran with)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     allowed = {Requirement(r).name.lower().replace("_", "-"): Requirement(r).specifier
                for r in project["dependencies"]}
-    for stage in STAGES:
-        for name, version in stage_requirements(stage).items():
+    images = {stage: stage_requirements(stage) for stage in STAGES}
+    images["serving"] = pinned(ROOT / "serving" / "requirements.txt")
+    for stage, packages in images.items():
+        for name, version in packages.items():
             if name in allowed:
                 assert allowed[name].contains(version.removesuffix("+cpu")), \
                     f"{stage}: {name}=={version} outside {allowed[name]}"
 
 
-def test_serving_image_is_the_official_torchserve_with_our_handlers() -> None:
+def test_serving_image_runs_the_tested_runtime() -> None:
+    """The stage images' Python base, Debian's Java 17, and the torch, TorchServe and archiver the
+    tests run (this venv), started by our entrypoint with token authorization on."""
     text = (ROOT / "serving" / "Dockerfile").read_text()
-    assert re.search(r"^FROM pytorch/torchserve:0\.12\.0-cpu$", text, re.MULTILINE)
-    assert "COPY --chown=model-server:model-server serving/handlers" in text
-    assert "k8s/base/torchserve/config.properties" in text
+    stage_base = re.search(r"^FROM (\S+)", (ROOT / "components" / "Dockerfile").read_text(), re.MULTILINE)[1]
+    assert re.findall(r"^FROM (\S+)", text, re.MULTILINE) == [stage_base, stage_base]
+    assert "openjdk-17-jre-headless" in text
+    packages = pinned(ROOT / "serving" / "requirements.txt")
+    for name in ("torch", "torchserve", "torch-model-archiver", "numpy", "pillow"):
+        assert packages[name] == importlib.metadata.version(name), f"serving image {name} is not the tested one"
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in (ROOT / "serving" / "requirements.txt").read_text()
+    assert "COPY --chown=1000:1000 serving/handlers /home/model-server/ctloop-handlers" in text
+    assert "COPY --chown=1000:1000 serving/container.properties /home/model-server/config.properties" in text
+    assert "COPY --chown=1000:1000 serving/log4j2.xml /home/model-server/log4j2.xml" in text
+    assert 'ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/usr/local/bin/ctloop-serving-entrypoint"]' in text
+    assert 'CMD ["serve"]' in text, "k8s/base/torchserve/deployment.yaml passes args: [serve]"
+    entrypoint = (ROOT / "serving" / "entrypoint.sh").read_text()
+    assert "COPY serving/entrypoint.sh /usr/local/bin/ctloop-serving-entrypoint" in text
+    assert "exec torchserve --start --foreground" in entrypoint
+    assert '--ts-config "$home/config.properties"' in entrypoint and '--log-config "$home/log4j2.xml"' in entrypoint
+    assert "disable-token-auth" not in entrypoint + text
+
+
+def properties(path) -> dict[str, str]:
+    settings = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+def test_serving_image_config_is_the_clusters_with_registrations_limited_to_the_model_store() -> None:
+    image = properties(ROOT / "serving" / "container.properties")
+    cluster = properties(ROOT / "k8s" / "base" / "torchserve" / "config.properties")
+    assert image["allowed_urls"] == f"file://{image['model_store']}/.*"
+    assert image["enable_model_api"] == "true" and "disable_token_authorization" not in image
+    assert image["vmargs"].endswith("-Dlog4j.configurationFile=file:///home/model-server/log4j2.xml")
+    differing = {key for key in image.keys() | cluster.keys() if image.get(key) != cluster.get(key)}
+    assert differing <= {"allowed_urls"}, f"serving/container.properties and the cluster's ConfigMap differ in {differing}"
 
 
 def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
-    for entry in (".venv", ".git", "runs", "*.mar", "mlruns"):
+    for entry in (".venv", ".git", "runs", "*.mar", "mlruns", "tests", ".pytest_cache", ".ruff_cache"):
         assert entry in ignored
+    assert not any(entry.startswith(("wheelhouse", "*.whl")) for entry in ignored), "the wheelhouse is part of the context"

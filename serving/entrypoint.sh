@@ -1,0 +1,22 @@
+#!/bin/sh
+# The serving image's entrypoint (serving/Dockerfile runs it under tini, which reaps TorchServe's
+# workers and passes SIGTERM to the whole process group).
+#   serve [ARGS...]  (the default) TorchServe in the foreground with the image's config.properties,
+#                    its model store and the shipped log4j2.xml; token authorization as the config
+#                    says (on); ARGS go to torchserve, e.g. --models champion=champion.mar
+#   anything else    run as a command, e.g. `python -c "import torch"`
+set -eu
+home=/home/model-server
+if [ "${1:-serve}" = serve ]; then
+    [ "$#" -gt 0 ] && shift
+    # Size-capped logs (log4j2.xml writes under $LOG_LOCATION); TorchServe's metrics beside them.
+    export LOG_LOCATION="${LOG_LOCATION:-$home/logs}"
+    export METRICS_LOCATION="${METRICS_LOCATION:-$LOG_LOCATION}"
+    mkdir -p "$LOG_LOCATION" "$home/model-store"
+    # --ncs: no config snapshots; the models come from the model store (load_models=all).
+    exec torchserve --start --foreground --ncs \
+        --ts-config "$home/config.properties" \
+        --log-config "$home/log4j2.xml" \
+        "$@"
+fi
+exec "$@"
