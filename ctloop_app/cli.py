@@ -92,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--output-json", type=Path, help="also write the submission (ids, run link) here")
     submit.set_defaults(command=_submit)
 
+    install = commands.add_parser(
+        "install", help="seed a cluster with a bootstrap: MLflow champion, model-store archives, golden set")
+    install.add_argument("--models", type=Path, required=True, help="a `ctloop bootstrap --out` folder")
+    install.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI)")
+    install.add_argument("--model-store", type=Path, required=True, help="TorchServe's model store directory")
+    install.add_argument("--golden-set",
+                         help="file to copy the golden set to (the install Job uploads it to the artifact store)")
+    install.add_argument("--registered-model", default="ctloop-champion", help="MLflow model name (default %(default)s)")
+    install.set_defaults(command=_install)
+
     config = commands.add_parser("config", help="print the shipped pipeline parameters, to start a --config file")
     config.set_defaults(command=_config)
 
@@ -216,6 +226,23 @@ def _submit(args: argparse.Namespace) -> int:
     print(f"recurring yield check {done.recurring_run_id} ({args.schedule or kfp_submit.DEFAULT_SCHEDULE})")
     if args.output_json:
         args.output_json.write_text(json.dumps(done.to_dict(), indent=2))
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    from ctloop.registry import RegistryError
+    from ctloop_app.install import InstallError, install
+
+    try:
+        result = install(args.models, args.tracking_uri or "", args.model_store, args.golden_set,
+                         registered_model=args.registered_model)
+    except InstallError as error:
+        print(f"ctloop install: {error}", file=sys.stderr)
+        return 2
+    except (RegistryError, RuntimeError, OSError) as error:
+        print(f"ctloop install: {error}", file=sys.stderr)
+        return 1
+    print(result.summary())
     return 0
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Iterator
 
 from ctloop import registry
+from ctloop_app.install import BRANCH_VERSION, REGISTERED_MODEL
 from ctloop_app.mlflow_server import MlflowServer
 from serving.archive import build_archive
 from serving.client import TorchServeClient
 from serving.server import LocalTorchServe
 
-REGISTERED_MODEL = "ctloop-champion"
-BRANCH_VERSION = "1"
+__all__ = ["BRANCH_VERSION", "REGISTERED_MODEL", "LocalStack", "install_models", "local_stack", "stage_environment"]
 
 
 @dataclass

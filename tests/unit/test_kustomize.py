@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -13,7 +14,7 @@ from cicd_support import ROOT, tool
 from kubeflow_pipeline import kubernetes as cluster
 
 K8S_VERSION = "1.33.0"
-KUSTOMIZATIONS = ["k8s/overlays/local", "k8s/overlays/production", "k8s/optional/kserve"]
+KUSTOMIZATIONS = ["k8s/overlays/local", "k8s/overlays/production", "k8s/optional/kserve", "k8s/jobs/install"]
 CUSTOM_GROUPS = ("serving.kserve.io/",)  # CRDs: kubernetes-validate has no schema for them
 
 
@@ -173,3 +174,32 @@ def test_pipeline_secrets_match_the_templates() -> None:
     assert {"management-key", "inference-key"} <= set(names[cluster.TORCHSERVE_SECRET])
     assert "webhook-url" in names[cluster.SLACK_SECRET]
     assert ".dockerconfigjson" in names[cluster.IMAGE_PULL_SECRET]
+
+
+def test_install_job_seeds_what_the_pipeline_reads() -> None:
+    """The Job's `ctloop install` parses with the real CLI and writes where the pipeline looks: the
+    model-store claim, MLflow of the pipeline-env ConfigMap, and the golden set's URI in the params."""
+    from ctloop_app.cli import _parser
+
+    [job] = by_kind(render("k8s/jobs/install"), "Job").values()
+    pod = job["spec"]["template"]["spec"]
+    init = {c["name"]: c for c in pod["initContainers"]}
+    assert init["bootstrap"]["command"][:3] == ["ctloop", "bootstrap", "--out"]
+    install = init["install"]
+    assert install["command"][:2] == ["ctloop", "install"]
+    args = _parser().parse_args(install["command"][1:])
+    assert args.models == Path(init["bootstrap"]["command"][3])
+    base = by_kind(render("k8s/overlays/local"), "ConfigMap")[cluster.PIPELINE_CONFIG_MAP]
+    assert args.tracking_uri == base["data"]["mlflow-tracking-uri"]
+    mount = next(m for m in install["volumeMounts"] if m["mountPath"] == str(args.model_store))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["persistentVolumeClaim"]["claimName"] == cluster.MODEL_STORE_PVC
+    params = yaml.safe_load((ROOT / "kubeflow_pipeline" / "pipeline-params.yaml").read_text())
+    bucket_key = params["golden_set_uri"].removeprefix("minio://")
+    [upload] = pod["containers"]
+    assert f"mc cp {args.golden_set} kfp/{bucket_key}" in " ".join(upload["args"])
+    assert {c["image"].rsplit(":", 1)[0] for c in pod["initContainers"]} == {
+        "ghcr.io/ctloop/ctloop-train", "ghcr.io/ctloop/ctloop-deploy"}
+    assert all(":" in c["image"] and not c["image"].endswith(":latest")
+               for c in pod["initContainers"] + pod["containers"])
+    assert pod["imagePullSecrets"] == [{"name": cluster.IMAGE_PULL_SECRET}]
