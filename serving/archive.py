@@ -9,16 +9,18 @@ the same model store; the model name inside is the serving name (`champion`, `b1
 
 from __future__ import annotations
 
+import importlib.resources
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from ctloop import wire
-
-HANDLER_DIR = Path(__file__).with_name("handlers")
-SHARED_HANDLER = HANDLER_DIR / "ctloop_handler_base.py"
+# Package data (importlib.resources): the handlers and the wire contract are copied from the
+# installed packages into each archive's build folder, never reached through __file__.
+HANDLER_DIR = importlib.resources.files("serving").joinpath("handlers")
+SHARED_HANDLER = HANDLER_DIR.joinpath("ctloop_handler_base.py")
+WIRE_MODULE = importlib.resources.files("ctloop").joinpath("wire.py")
 HANDLERS = {
     "champion": "champion_handler.py",
     "b1": "branch_handler.py",
@@ -76,6 +78,7 @@ def build_archive(
         shutil.copyfile(model_file, build_dir / "model.pt")
         (build_dir / "model-config.yaml").write_text(model_config(workers, max_images_per_request))
         _stage_extra_files(build_dir / "extra")
+        (build_dir / HANDLERS[role]).write_bytes(HANDLER_DIR.joinpath(HANDLERS[role]).read_bytes())
         _run_archiver(build_dir, role, str(version))
         target = out_dir / archive_name(role, str(version))
         (build_dir / f"{role}.mar").replace(target)
@@ -86,8 +89,8 @@ def _stage_extra_files(extra: Path) -> None:
     """The shared handler module and a `ctloop` package holding only the wire contract; the
     archiver copies the folder's contents beside the handler."""
     (extra / "ctloop").mkdir(parents=True)
-    shutil.copyfile(SHARED_HANDLER, extra / SHARED_HANDLER.name)
-    shutil.copyfile(wire.__file__, extra / "ctloop" / "wire.py")
+    (extra / SHARED_HANDLER.name).write_bytes(SHARED_HANDLER.read_bytes())
+    (extra / "ctloop" / "wire.py").write_bytes(WIRE_MODULE.read_bytes())
     (extra / "ctloop" / "__init__.py").write_text('"""ctloop\'s wire contract, shipped in a TorchServe archive."""\n')
 
 
@@ -97,7 +100,7 @@ def _run_archiver(build_dir: Path, role: str, version: str) -> None:
         "--model-name", role,
         "--version", version,
         "--serialized-file", str(build_dir / "model.pt"),
-        "--handler", str(HANDLER_DIR / HANDLERS[role]),
+        "--handler", str(build_dir / HANDLERS[role]),
         "--extra-files", str(build_dir / "extra"),
         "--config-file", str(build_dir / "model-config.yaml"),
         "--export-path", str(build_dir),

@@ -14,6 +14,9 @@ temp dir and refuses to start a second instance that shares it.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import importlib.resources
 import os
 import sys
 from dataclasses import dataclass
@@ -30,9 +33,18 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalTorchServe", "Ports", "TorchServeStartError", "free_ports", "instance_config"]
 
-SHIPPED_CONFIG = Path(__file__).with_name("config.properties")
-SHIPPED_LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
+# Package data, found through importlib.resources so an installed ctloop finds them wherever it runs.
+SHIPPED_CONFIG = importlib.resources.files("serving").joinpath("config.properties")
+SHIPPED_LOG_CONFIG = importlib.resources.files("serving").joinpath("log4j2.xml")
+_AS_FILES = contextlib.ExitStack()  # real files for resources that only exist inside an archive
+atexit.register(_AS_FILES.close)
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+
+
+def shipped_log_config() -> Path:
+    """The shipped log4j2.xml as a real file (Java reads it by path): the package's own file when
+    ctloop is installed as files, else a copy kept until the process exits."""
+    return _AS_FILES.enter_context(importlib.resources.as_file(SHIPPED_LOG_CONFIG)).resolve()
 
 
 class TorchServeStartError(ServerStartError):
@@ -69,7 +81,7 @@ def instance_config(ports: Ports, model_store: Path, overrides: dict[str, str] |
         model_store=str(model_store),
         vmargs=settings.get("vmargs", "").replace(
             "-Dlog4j.configurationFile=serving/log4j2.xml",
-            f"-Dlog4j.configurationFile=file://{SHIPPED_LOG_CONFIG.resolve()}",
+            f"-Dlog4j.configurationFile=file://{shipped_log_config()}",
         ),
     )
     settings.update(overrides or {})
