@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctloop.imagefolder import read_image_folder
-from ctloop.images import ImageSet, stratified_split
-from ctloop.modelfile import ModelCard, save_model
+from ctloop.images import ImageDataError, ImageSet, stratified_split
+from ctloop.modelfile import ModelCard, load_model, save_model
 from ctloop.models import ROLES, Role
 from ctloop.simulator import digits_split
 from ctloop.training import RECIPES, accuracy, train_model, with_epochs
@@ -78,3 +78,23 @@ def bootstrap_folder(
     golden.save(paths["golden"])
     files, scores = bootstrap_models(train, golden, out_dir / "models", epochs, progress)
     return BootstrapResult(files, paths["train"], paths["golden"], None, scores)
+
+
+class BootstrapFolderError(ImageDataError):
+    """A folder given as a bootstrap's output is not one, or cannot be used as one (the CLI
+    reports it like any other bad input: the message and exit status 2)."""
+
+
+def load_bootstrap(folder: str | Path) -> BootstrapResult:
+    """What `ctloop bootstrap --out folder` wrote, read back (golden-set accuracy recomputed), so a
+    second demo or line can start from the same models without training them again."""
+    folder = Path(folder)
+    files = {role: folder / "models" / f"{role}.pt" for role in ROLES}
+    data = {name: folder / "data" / f"{name}.npz" for name in ("train", "golden", "production")}
+    missing = [str(path) for path in (*files.values(), data["train"], data["golden"]) if not path.is_file()]
+    if missing:
+        raise BootstrapFolderError(f"{folder}: not a `ctloop bootstrap` folder; missing {', '.join(missing)}")
+    golden = ImageSet.load(data["golden"])
+    scores = {role: accuracy(load_model(path)[0], golden) for role, path in files.items()}
+    production = data["production"] if data["production"].is_file() else None
+    return BootstrapResult(files, data["train"], data["golden"], production, scores)

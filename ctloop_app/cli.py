@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--config", type=Path, help="pipeline parameters (default: the shipped ctloop/ctloop.yaml)")
     demo.add_argument("--no-mlflow-server", action="store_true", help="use the SQLite file directly")
+    demo.add_argument("--models", type=Path,
+                      help="start from a `ctloop bootstrap --out` folder on the digits instead of training one")
     demo.set_defaults(command=_demo)
 
     boot = commands.add_parser("bootstrap", help="train champion, B1 and B2 on clean data")
@@ -123,7 +125,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     settings = DemoSettings(work_dir=args.work_dir, seed=args.seed, drift_kind=args.drift,
                             drift_severity=args.severity, config=load_config(args.config),
-                            mlflow_server=not args.no_mlflow_server)
+                            mlflow_server=not args.no_mlflow_server, models=args.models)
     summary = run_demo(settings)
     print()
     print(summary_table(summary))

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ctloop import registry
-from ctloop_app.bootstrap import BootstrapResult, bootstrap_digits
+from ctloop_app.bootstrap import BootstrapFolderError, BootstrapResult, bootstrap_digits, load_bootstrap
 from ctloop.config import PipelineConfig
 from ctloop.drift import DriftKind
 from ctloop.images import ImageSet
@@ -39,6 +39,7 @@ class DemoSettings:
     config: PipelineConfig = field(default_factory=PipelineConfig)
     bootstrap_epochs: int | None = None
     mlflow_server: bool = True
+    models: Path | None = None  # a `ctloop bootstrap` folder on the digits to start from; None trains one
 
 
 @dataclass
@@ -70,9 +71,16 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
     """Run the whole story in `settings.work_dir` (emptied first); servers stop on exit."""
     started = time.monotonic()
     work = settings.work_dir.resolve()
+    if settings.models is not None and settings.models.resolve().is_relative_to(work):
+        raise BootstrapFolderError(f"{settings.models}: the demo empties its work directory {work} first; "
+                         "keep the models outside it (e.g. runs/bootstrap)")
     shutil.rmtree(work, ignore_errors=True)
-    say(f"bootstrapping champion, B1 and B2 on clean digits in {work}")
-    boot = bootstrap_digits(work / "bootstrap", settings.seed, settings.bootstrap_epochs)
+    if settings.models is None:
+        say(f"bootstrapping champion, B1 and B2 on clean digits in {work}")
+        boot = bootstrap_digits(work / "bootstrap", settings.seed, settings.bootstrap_epochs)
+    else:
+        say(f"starting from the models bootstrapped in {settings.models}")
+        boot = load_bootstrap(settings.models)
     say("golden-set accuracy: " + ", ".join(f"{role} {score:.3f}" for role, score in boot.golden_accuracy.items()))
     with local_stack(work / "stack", settings.mlflow_server) as stack:
         say(f"TorchServe at {stack.torchserve.inference_url}, MLflow at {stack.tracking_uri}")

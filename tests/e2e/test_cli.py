@@ -73,11 +73,12 @@ def test_run_names_a_broken_production_file(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.serving
 @pytest.mark.slow
-def test_demo_recovers_yield_and_writes_its_reports(tmp_path: Path) -> None:
+def test_demo_recovers_yield_and_writes_its_reports(boot, tmp_path: Path) -> None:
     # Retraining for 20 epochs, not the default 40: the recovery asserted below is still wide
-    # (measured at 15: yield 0.20 -> 0.65, golden set within 0.006 of the old champion).
+    # (measured at 15: yield 0.20 -> 0.65, golden set within 0.006 of the old champion). The demo
+    # starts from the session's bootstrap (the same digits, seed and recipes), as `--models` does.
     settings = DemoSettings(work_dir=tmp_path / "demo", config=PipelineConfig(recent_window=200, train_epochs=20),
-                            mlflow_server=False)
+                            mlflow_server=False, models=boot.model_files["champion"].parents[1])
     summary = run_demo(settings, say=lambda line: None)
     clean, drifted, after = summary.phases
     assert drifted.yield_value < 0.7 <= clean.yield_value

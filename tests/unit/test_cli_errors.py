@@ -31,3 +31,17 @@ def test_config_prints_the_shipped_defaults_as_a_file_to_edit(tmp_path: Path, ca
     written = tmp_path / "mine.yaml"
     written.write_text(capsys.readouterr().out)
     assert load_config(written) == load_config() == PipelineConfig()
+
+
+def test_demo_from_a_folder_that_is_no_bootstrap_names_what_is_missing(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--models", str(tmp_path / "empty"), "--work-dir", str(tmp_path / "demo")]) == 2
+    assert f"{tmp_path / 'empty'}: not a `ctloop bootstrap` folder; missing " in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()  # nothing started
+
+
+def test_demo_refuses_models_inside_the_work_directory_it_empties(tmp_path: Path, capsys) -> None:
+    models = tmp_path / "demo" / "bootstrap"
+    (models / "models").mkdir(parents=True)
+    assert main(["demo", "--models", str(models), "--work-dir", str(tmp_path / "demo")]) == 2
+    assert "the demo empties its work directory" in capsys.readouterr().err
+    assert (models / "models").is_dir()  # not deleted
