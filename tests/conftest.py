@@ -80,11 +80,34 @@ def serving(session_torchserve: "SharedTorchServe", request: pytest.FixtureReque
 
 
 @pytest.fixture(scope="session")
-def boot(tmp_path_factory: pytest.TempPathFactory) -> "BootstrapResult":
-    """The three models bootstrapped on digits, once per session."""
-    from ctloop_app.bootstrap import bootstrap_digits
+def boot(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> "BootstrapResult":
+    """The three models bootstrapped on digits, once per run: under pytest-xdist the first worker
+    to ask trains them into the run's shared temporary folder and the others read them there."""
+    if worker_id == "master":  # not distributed
+        return _bootstrap(tmp_path_factory.mktemp("bootstrap"))
+    from filelock import FileLock
 
-    return bootstrap_digits(tmp_path_factory.mktemp("bootstrap"), seed=0, progress=False)
+    shared = tmp_path_factory.getbasetemp().parent / "bootstrap"
+    with FileLock(f"{shared}.lock"):
+        return _bootstrap(shared)
+
+
+def _bootstrap(folder: Path) -> "BootstrapResult":
+    """The bootstrap in `folder`, trained there unless an earlier call left its result."""
+    import dataclasses
+    import json
+
+    from ctloop_app.bootstrap import BootstrapResult, bootstrap_digits
+
+    done = folder / "result.json"
+    if done.is_file():
+        fields = json.loads(done.read_text())
+        paths = {name: Path(fields[name]) for name in ("train_set", "golden_set", "production_pool")}
+        return BootstrapResult(model_files={role: Path(file) for role, file in fields["model_files"].items()},
+                               golden_accuracy=fields["golden_accuracy"], **paths)
+    result = bootstrap_digits(folder, seed=0, progress=False)
+    done.write_text(json.dumps(dataclasses.asdict(result), default=str))
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -138,6 +138,6 @@ def stage_process(function: str) -> psutil.Process | None:
             command = child.cmdline()
         except psutil.Error:
             continue
-        if "python" in Path(command[0]).name and function in " ".join(command):
+        if command and "python" in Path(command[0]).name and function in " ".join(command):
             return child
     return None
