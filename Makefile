@@ -21,9 +21,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # Tiers are folders: tests/unit (no servers, no pipeline runs), tests/integration (real
 # TorchServe, MLflow and local HTTP servers), tests/e2e (the pipeline through kfp.local, the CLI,
 # the benchmarks). Both targets check the import contracts first.
+# make test runs the tiers on two pytest-xdist workers (-n 2: both cores; the e2e tier is mostly
+# one-core subprocesses), then the container tier (marker `containers`) on its own: its image
+# builds would otherwise starve the other worker's servers.
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -m "not containers" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m containers $(PYTEST_ARGS)
 
 #   make test-fast   # the unit tier: about a minute on 2 cores, for the edit-test loop
 test-fast: $(STAMP)
