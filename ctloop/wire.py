@@ -29,6 +29,7 @@ CARD_NAME = "ctloop.json"  # the model card's name inside a TorchScript file (ct
 # The prediction store: one log shared by the champion's workers, one sample shard per worker.
 LOG_NAME = "predictions.jsonl"
 SAMPLES_DIR = "samples"
+FEEDBACK_NAME = "feedback.jsonl"  # ground truth beside the log, when the line sends any (monitor reads it)
 SHARD_PATTERN = re.compile(r"^samples/[^/#]+\.(\d+)x(\d+)\.f32$")
 
 # Field -> accepted types of a prediction record; every record also has `time`, `model_name`,

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ctloop.images import ImageSet
+from ctloop.wire import FEEDBACK_NAME
 from serving.client import TorchServeClient
 
-FEEDBACK_NAME = "feedback.jsonl"
 
 
 @dataclass(frozen=True)

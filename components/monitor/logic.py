@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ctloop.images import write_atomic
+from ctloop.wire import FEEDBACK_NAME
 from serving.store import LOG_NAME, PredictionLogError, read_jsonl, read_predictions
 
 __all__ = ["MonitorResult", "PredictionLogError", "check_store_yield", "check_yield"]
 
-FEEDBACK_NAME = "feedback.jsonl"  # ground truth beside the prediction log, when the line sends any
 
 Mode = Literal["confidence", "accuracy"]
 

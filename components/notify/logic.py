@@ -17,15 +17,6 @@ from ctloop import slack
 from ctloop.alerts import deliver, run_failed
 from ctloop.slack import Delivery, Message
 
-__all__ = [
-    "announce_deployed",
-    "announce_not_deployed",
-    "announce_retrain",
-    "announce_run_end",
-    "deployed",
-    "not_deployed",
-    "retrain_started",
-]
 
 # The fields of the monitor's decision (MonitorResult.to_dict()) that the message shows.
 _RETRAIN_FIELDS = ("yield_value", "threshold_used", "window_size", "model_version", "mode", "baseline", "reason")
