@@ -54,7 +54,9 @@ serve: $(STAMP)
 clean:
 	rm -rf runs build *.egg-info .pytest_cache
 
-# Every stage image and the serving image, through the local Docker engine (skipped without one).
+# Every stage image and the serving image, through the local Docker engine (skipped without one),
+# from the engine's copy of the base image (IMAGES_ARGS=--pull refreshes it) and pip's find-links
+# wheels copied into wheelhouse/ (README: Images).
 #   make images IMAGES_ARGS="--registry ghcr.io/me --tag $$(git rev-parse HEAD) --push"
 images: $(STAMP)
 	$(BIN)/ctloop images $(IMAGES_ARGS)
