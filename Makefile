@@ -32,7 +32,7 @@ test: $(STAMP)
 #   make test-fast   # the unit tier: about a minute on 2 cores, for the edit-test loop
 test-fast: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 tests/unit $(PYTEST_ARGS)
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
