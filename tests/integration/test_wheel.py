@@ -11,7 +11,8 @@ and the serving package data (config.properties, log4j2.xml, handlers, the wire 
 archive) is read from the installed package.
 
 Slow: the first run builds the dependency venv (torch, MLflow, kfp, TorchServe; measured on the
-shared 2-core machine: 276 s in all); a warm run only builds and reinstalls the wheel: 21 s.
+shared 2-core machine: 253 s of 271 s in all); a warm run only builds and reinstalls the wheel:
+22 s.
 """
 
 from __future__ import annotations
