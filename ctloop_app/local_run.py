@@ -74,12 +74,16 @@ class _TaskTimer(logging.Filter):
             task.seconds = record.created - self.started[match[1]]
 
 
-def run_locally(pipeline_func: Callable, arguments: dict[str, Any], pipeline_root: str | Path) -> LocalRun:
-    """Run `pipeline_func(**arguments)` with kfp.local; failures are recorded, not raised."""
+def run_locally(pipeline_func: Callable, arguments: dict[str, Any], pipeline_root: str | Path,
+                runner: "local.SubprocessRunner | local.DockerRunner | None" = None) -> LocalRun:
+    """Run `pipeline_func(**arguments)` with kfp.local; failures are recorded, not raised.
+
+    `runner` defaults to a SubprocessRunner in this environment; ctloop_app.container_run passes
+    a DockerRunner that runs every task in its stage's image."""
     pipeline_root = Path(pipeline_root).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(pipeline_root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                raise_on_error=True)
     timer = _TaskTimer()
     root_logger = logging.getLogger()
@@ -98,7 +102,7 @@ def run_locally(pipeline_func: Callable, arguments: dict[str, Any], pipeline_roo
         error = _ANSI.sub("", str(failure))
     finally:
         root_logger.removeFilter(timer)
-    run_dirs = sorted(set(pipeline_root.iterdir()) - before)
+    run_dirs = sorted(path for path in set(pipeline_root.iterdir()) - before if path.is_dir())
     run_dir = run_dirs[-1] if run_dirs else None
     if run_dir is not None:
         _read_outputs(run_dir, timer.tasks)
