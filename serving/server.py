@@ -18,7 +18,9 @@ import atexit
 import contextlib
 import importlib.resources
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,6 +116,7 @@ class LocalTorchServe:
         self.start_timeout = start_timeout
         self.model_store = self.work_dir / "model_store"
         self._server: ServerProcess | None = None
+        self._short_tmp: Path | None = None
 
     @property
     def inference_url(self) -> str:
@@ -134,7 +137,7 @@ class LocalTorchServe:
 
     def start(self) -> "LocalTorchServe":
         """Launch TorchServe and return once /ping says Healthy; stop it again if it never does."""
-        for directory in (self.model_store, self.log_dir, self.work_dir / "tmp"):
+        for directory in (self.model_store, self.log_dir, self._tmp_dir()):
             directory.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "config.properties"
         config.write_text(instance_config(self.ports, self.model_store, self.config_overrides))
@@ -155,9 +158,21 @@ class LocalTorchServe:
         self._server.start()
         return self
 
+    def _tmp_dir(self) -> Path:
+        """Where the workers' Unix sockets go: `<work_dir>/tmp`, unless that path is too deep for
+        a socket name (108 bytes on Linux; the workers died with "AF_UNIX path too long" under
+        pytest-xdist's deeper temporary folders); then a short folder of the system's, removed
+        by stop()."""
+        tmp = self.work_dir / "tmp"
+        if len(os.fsencode(tmp / ".ts.sock.65535")) < 108:
+            return tmp
+        if self._short_tmp is None:
+            self._short_tmp = Path(tempfile.mkdtemp(prefix="ctloop-ts-"))
+        return self._short_tmp
+
     def _environment(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
-        env.update(TMPDIR=str(self.work_dir / "tmp"), TEMP=str(self.work_dir / "tmp"), LOG_LOCATION=str(self.log_dir),
+        env.update(TMPDIR=str(self._tmp_dir()), TEMP=str(self._tmp_dir()), LOG_LOCATION=str(self.log_dir),
                    METRICS_LOCATION=str(self.log_dir))
         env.pop("CTLOOP_STORE_DIR", None)
         if self.store_dir is not None:
@@ -194,6 +209,9 @@ class LocalTorchServe:
         group after `timeout` seconds."""
         if self._server is not None:
             self._server.stop(timeout)
+        if self._short_tmp is not None:
+            shutil.rmtree(self._short_tmp, ignore_errors=True)
+            self._short_tmp = None
 
     def __enter__(self) -> "LocalTorchServe":
         return self.start()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import psutil
 import pytest
 
@@ -25,7 +28,11 @@ def alive(pids: list[int]) -> list[int]:
 
 
 def test_stop_leaves_no_java_or_worker_process(tmp_path, model_files) -> None:
-    with LocalTorchServe(tmp_path / "ts") as server:
+    """Also in a work directory too deep for the workers' Unix socket names (108 bytes): they
+    get a short temporary folder instead, removed on stop."""
+    work = tmp_path / ("deep" * 25) / "ts"
+    before = set(Path(tempfile.gettempdir()).glob("ctloop-ts-*"))
+    with LocalTorchServe(work) as server:
         archive = build_archive(model_files["champion"], "champion", "1", server.model_store, workers=2)
         client = TorchServeClient(server.inference_url, server.management_url, server.keys())
         client.register(archive.name, "champion", initial_workers=2)
@@ -35,6 +42,7 @@ def test_stop_leaves_no_java_or_worker_process(tmp_path, model_files) -> None:
         client.close()
     assert alive([process.pid for process in processes]) == []
     assert server.processes() == []
+    assert set(Path(tempfile.gettempdir()).glob("ctloop-ts-*")) == before
 
 
 def test_instance_config_keeps_token_authorization_and_sets_ports(tmp_path) -> None:
