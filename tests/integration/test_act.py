@@ -61,7 +61,9 @@ STAND_IN_FOR = {
 }
 JOB_TIMEOUT = 1800
 
-pytestmark = pytest.mark.slow
+# `actions`: minutes per job (each job installs ctloop into a fresh venv); make test runs these
+# after the parallel tiers, with the container tier.
+pytestmark = [pytest.mark.slow, pytest.mark.actions]
 
 
 def pinned_actions() -> set[str]:
