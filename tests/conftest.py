@@ -142,3 +142,40 @@ def own_stack(boot: "BootstrapResult", mlflow_schema: Path, tmp_path: Path) -> I
     with local_stack(tmp_path / "stack", mlflow_server=False) as started:
         install_models(started, boot.model_files, boot.train_set)
         yield started
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[object]:
+    """A Docker SDK client whose engine answers; without one the test is skipped saying why, or
+    fails when CTLOOP_REQUIRE_DOCKER=1 (as .ci/run sets)."""
+    from ctloop_app.images_build import docker_engine
+    from image_support import REQUIRE_DOCKER
+
+    client, reason = docker_engine()
+    if client is None:
+        message = f"no Docker engine answered ({reason})"
+        if REQUIRE_DOCKER:
+            pytest.fail(f"{message}, and CTLOOP_REQUIRE_DOCKER=1 requires one")
+        pytest.skip(f"{message}; start Docker (or set DOCKER_HOST) to build and run the images")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def built(engine) -> list[str]:
+    """Every image of `make images`, built once per session through ctloop_app.images_build (the
+    engine's layer cache makes an unchanged image take seconds); build times are printed."""
+    import time
+
+    from ctloop_app.images_build import build_images
+    from image_support import IMAGES
+    from kubeflow_pipeline.images import STAGES
+
+    started = time.monotonic()
+    refs = build_images(IMAGES, Path(__file__).resolve().parents[1], engine=lambda: (engine, ""),
+                        log=lambda line: print(f"[{time.monotonic() - started:7.1f} s] {line}", flush=True))
+    for ref in refs:
+        print(f"{ref}: {engine.images.get(ref).attrs['Size'] / 1e9:.2f} GB")
+    print(f"all {len(refs)} images in {time.monotonic() - started:.1f} s")
+    assert refs == [IMAGES.image(name) for name in (*STAGES, "serving")]
+    return refs

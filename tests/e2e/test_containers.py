@@ -11,7 +11,6 @@ CTLOOP_REQUIRE_DOCKER=1 that is a failure instead. Times are printed (`pytest -s
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -33,46 +32,20 @@ from ctloop_app.container_run import (
     stage_environment,
     start_serving,
 )
-from ctloop_app.images_build import build_images, docker_engine
 from ctloop_app.install import BRANCH_VERSION, REGISTERED_MODEL
 from ctloop_app.local_run import LocalRun, run_locally
 from ctloop_app.mlflow_server import MlflowServer
-from kubeflow_pipeline.images import STAGES, ImageSettings
+from image_support import IMAGES
 from kubeflow_pipeline.pipeline import build_pipeline
 from serving.archive import build_archive
 from serving.client import TorchServeClient
 from serving.store import read_prediction_log
 
 ROOT = Path(__file__).resolve().parents[2]
-# Read at import: the suite's autouse fixture clears CTLOOP_* variables around each test.
-REQUIRE_DOCKER = os.environ.get("CTLOOP_REQUIRE_DOCKER") == "1"
-IMAGES = ImageSettings("localhost/ctloop-test", "test")
 WINDOW = 150
 SMALL = PipelineConfig(recent_window=WINDOW, min_samples=50, train_epochs=30)
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def engine():
-    client, reason = docker_engine()
-    if client is None:
-        message = f"no Docker engine answered ({reason})"
-        if REQUIRE_DOCKER:
-            pytest.fail(f"{message}, and CTLOOP_REQUIRE_DOCKER=1 requires one")
-        pytest.skip(f"{message}; start Docker (or set DOCKER_HOST) to run the pipeline in its images")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def built(engine) -> list[str]:
-    """Every image of `make images`, built through ctloop_app.images_build (cached layers: quick)."""
-    started = time.monotonic()
-    refs = build_images(IMAGES, ROOT, engine=lambda: (engine, ""), log=lambda line: None)
-    print(f"images up to date in {time.monotonic() - started:.1f} s")
-    assert refs == [IMAGES.image(name) for name in (*STAGES, "serving")]
-    return refs
 
 
 @dataclass

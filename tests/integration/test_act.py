@@ -42,8 +42,6 @@ import yaml
 from cicd_support import ROOT, tool
 from kfp_support import TOKEN, serve_fake_kfp
 
-# Read at import: the suite's autouse fixture clears CTLOOP_* variables around each test.
-REQUIRE_DOCKER = os.environ.get("CTLOOP_REQUIRE_DOCKER") == "1"
 WORKFLOWS = ROOT / ".github" / "workflows"
 STAND_INS = ROOT / "tests" / "actions"
 OWNER = "acme"  # the event's repository owner; github.repository_owner itself comes from the git
@@ -96,16 +94,6 @@ def act() -> str:
 def head() -> str:
     return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def docker() -> None:
-    result = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
-    if result.returncode != 0:
-        message = f"no Docker engine answered ({result.stderr.strip()[-300:]})"
-        if REQUIRE_DOCKER:
-            pytest.fail(f"{message}, and CTLOOP_REQUIRE_DOCKER=1 requires one")
-        pytest.skip(f"{message}; the build job runs `docker build`")
 
 
 def without_needs(workflow: str, job: str, folder: Path) -> Path:
@@ -181,7 +169,7 @@ def test_ci_compile_uploads_the_pipeline(act: str, tmp_path: Path) -> None:
 
 @pytest.mark.containers
 @pytest.mark.parametrize("image", ["monitor", "serving"])
-def test_ci_build(act: str, docker: None, image: str, tmp_path: Path,
+def test_ci_build(act: str, engine, image: str, tmp_path: Path,
                   tmp_path_factory: pytest.TempPathFactory) -> None:
     from ctloop_app.images_build import pip_find_links, prepare_wheelhouse, requirement_files
 

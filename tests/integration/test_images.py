@@ -22,52 +22,15 @@ import numpy as np
 import pytest
 import requests
 
-from ctloop_app.images_build import build_images, docker_engine
-from kubeflow_pipeline.images import STAGES, ImageSettings
+from image_support import IMAGES
+from kubeflow_pipeline.images import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
-# Read at import: the suite's autouse fixture clears CTLOOP_* variables around each test.
-REQUIRE_DOCKER = os.environ.get("CTLOOP_REQUIRE_DOCKER") == "1"
-IMAGES = ImageSettings("localhost/ctloop-test", "test")
 SERVING_ENTRYPOINT = ["/usr/bin/tini", "-g", "--", "/usr/local/bin/ctloop-serving-entrypoint"]
 SHARED_GID = 1000  # the group of the serving user and of the stage images' user
 HOME = "/home/model-server"
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def engine():
-    client, reason = docker_engine()
-    if client is None:
-        message = f"no Docker engine answered ({reason})"
-        if REQUIRE_DOCKER:
-            pytest.fail(f"{message}, and CTLOOP_REQUIRE_DOCKER=1 requires one")
-        pytest.skip(f"{message}; start Docker (or set DOCKER_HOST) to build and run the images")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def built(engine) -> dict[str, float]:
-    """Every image of `make images`, built through ctloop_app.images_build; seconds per image."""
-    seconds: dict[str, float] = {}
-    started = time.monotonic()
-
-    def log(line: str) -> None:
-        print(f"[{time.monotonic() - started:7.1f} s] {line}", flush=True)
-        if line.startswith("building "):
-            seconds[line.split()[1]] = time.monotonic()
-
-    refs = build_images(IMAGES, ROOT, engine=lambda: (engine, ""), log=log)
-    ends = [*list(seconds.values())[1:], time.monotonic()]
-    seconds = {ref: end - start for (ref, start), end in zip(seconds.items(), ends)}
-    for ref, elapsed in seconds.items():
-        size = engine.images.get(ref).attrs["Size"] / 1e9
-        print(f"built {ref} in {elapsed:.1f} s, {size:.2f} GB")
-    print(f"all {len(refs)} images in {time.monotonic() - started:.1f} s")
-    assert refs == [IMAGES.image(name) for name in (*STAGES, "serving")]
-    return seconds
 
 
 def exec_output(container, *command: str) -> str:
