@@ -118,6 +118,10 @@ def run_act(act: str, tmp_path: Path, workflow: str, job: str, event_name: str, 
     command = [
         act, event_name, "-W", str(path), "-j", job, "-e", str(event_file),
         "-P", "ubuntu-latest=-self-hosted", "--no-cache-server", "--action-offline-mode",
+        # act names the repository after the git remote's URL; a clone's `origin` is a local path,
+        # which gave an empty owner (`ghcr.io//...`). A remote no checkout has makes act use its
+        # own fallback name in every checkout alike.
+        "--remote-name", "ctloop-act-no-such-remote",
         "--env", f"CTLOOP_ARTIFACT_DIR={tmp_path / 'artifacts'}", "--env", f"CTLOOP_CHECKOUT_SOURCE={ROOT}",
         *local_repositories(), *extra,
     ]
