@@ -25,8 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,13 +33,11 @@ from pathlib import Path
 import pytest
 
 from kubeflow_pipeline.images import STAGES
+from wheel_support import build_wheel, run
 
 ROOT = Path(__file__).resolve().parents[2]
 VENVS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctloop" / "stage-venvs"
 STAMP = ".requirements-sha256"
-# What components/Dockerfile copies into the image before `pip install --no-deps .`.
-DOCKERFILE_COPIES = ("pyproject.toml", "README.md", "ctloop", "ctloop_app", "components", "serving",
-                     "kubeflow_pipeline")
 
 BUILD_TIMEOUT = 1800  # seconds for one stage's `pip install -r`
 
@@ -102,12 +98,6 @@ def locked(stage: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, command))} exited {result.returncode}:\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 def stage_venv(stage: str) -> tuple[Path, float | None]:
@@ -133,17 +123,7 @@ def stage_venv(stage: str) -> tuple[Path, float | None]:
 @pytest.fixture(scope="module")
 def ctloop_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel of this working tree, built from what the Dockerfile copies, as the image builds it."""
-    source = tmp_path_factory.mktemp("ctloop-source")
-    for name in DOCKERFILE_COPIES:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif (ROOT / name).is_file():
-            shutil.copy2(ROOT / name, source / name)
-    out = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out),
-         str(source)])
-    (wheel,) = out.glob("ctloop-*.whl")
-    return wheel
+    return build_wheel(tmp_path_factory.mktemp("ctloop-source"), tmp_path_factory.mktemp("wheel"))
 
 
 def check_in_stage_venv(stage: str, wheel: Path, statements: list[str], scratch: Path) -> dict:

@@ -22,8 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -33,12 +31,11 @@ import pytest
 import yaml
 
 from kfp_support import TOKEN, serve_fake_kfp
+from wheel_support import build_wheel, run
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctloop" / "wheel-venv"
 STAMP = ".dependencies-sha256"
-# What the wheel is built from (the same as components/Dockerfile copies).
-SOURCES = ("pyproject.toml", "README.md", "ctloop", "ctloop_app", "components", "serving", "kubeflow_pipeline")
 COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 BUILD_TIMEOUT = 1800
 
@@ -67,12 +64,6 @@ print(json.dumps({
 """
 
 
-def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, command))} exited {result.returncode}:\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 def dependencies() -> list[str]:
@@ -102,17 +93,8 @@ def dependency_venv() -> tuple[Path, float | None]:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The cached dependency venv with a wheel of this working tree freshly installed; its bin/."""
-    source = tmp_path_factory.mktemp("ctloop-source")
-    for name in SOURCES:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(ROOT / name, source / name)
-    out = tmp_path_factory.mktemp("wheel")
     started = time.monotonic()
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out),
-         str(source)])
-    (wheel,) = out.glob("ctloop-*.whl")
+    wheel = build_wheel(tmp_path_factory.mktemp("ctloop-source"), tmp_path_factory.mktemp("wheel"))
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / "venv.lock", "w") as lock:  # one builder or user of the venv at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
