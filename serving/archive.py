@@ -10,6 +10,7 @@ the same model store; the model name inside is the serving name (`champion`, `b1
 from __future__ import annotations
 
 import importlib.resources
+import os
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,11 @@ def _run_archiver(build_dir: Path, role: str, version: str) -> None:
         "--export-path", str(build_dir),
         "--archive-format", "default",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    # The archiver stages files in `$TMPDIR/<model name>` and removes that folder when done, so
+    # two archives of one role built at once (two runs, two test workers) delete each other's
+    # files: each build gets its own TMPDIR.
+    (build_dir / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(build_dir / "tmp")}
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"torch-model-archiver failed for {role} v{version}: {result.stderr.strip()}")

@@ -31,7 +31,6 @@ def test_stop_leaves_no_java_or_worker_process(tmp_path, model_files) -> None:
     """Also in a work directory too deep for the workers' Unix socket names (108 bytes): they
     get a short temporary folder instead, removed on stop."""
     work = tmp_path / ("deep" * 25) / "ts"
-    before = set(Path(tempfile.gettempdir()).glob("ctloop-ts-*"))
     with LocalTorchServe(work) as server:
         archive = build_archive(model_files["champion"], "champion", "1", server.model_store, workers=2)
         client = TorchServeClient(server.inference_url, server.management_url, server.keys())
@@ -39,10 +38,12 @@ def test_stop_leaves_no_java_or_worker_process(tmp_path, model_files) -> None:
         processes = server.processes()
         names = [process.name() for process in processes]
         assert "java" in names and names.count("python3.11") + names.count("python") >= 2
+        socket_dir = Path(processes[names.index("java")].environ()["TMPDIR"])
+        assert socket_dir.parent == Path(tempfile.gettempdir()) and socket_dir.name.startswith("ctloop-ts-")
         client.close()
     assert alive([process.pid for process in processes]) == []
     assert server.processes() == []
-    assert set(Path(tempfile.gettempdir()).glob("ctloop-ts-*")) == before
+    assert not socket_dir.exists()
 
 
 def test_instance_config_keeps_token_authorization_and_sets_ports(tmp_path) -> None:
