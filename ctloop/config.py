@@ -31,13 +31,15 @@ class PipelineConfig:
     merge_previous: bool = True
     min_samples: int = 50
     confidence_threshold: float = 0.7
-    val_ratio: float = 0.1
+    val_ratio: float = 0.2
     consensus_batch_size: int = 256
     new_sample_repeat: int = 3
     train_epochs: int = 40
     seed: int = 0
     min_improvement: float = 0.01
     max_golden_regression: float = 0.02
+    min_holdout_per_class: int = 2
+    evidence_level: float = 0.05
     keep_versions: int = 3
 
     def __post_init__(self) -> None:
@@ -50,6 +52,10 @@ class PipelineConfig:
             _check_range("yield_threshold", self.yield_threshold, 0.0, 1.0)
         _check_range("val_ratio", self.val_ratio, 0.0, 0.9)
         _check_range("min_improvement", self.min_improvement, -1.0, 1.0)
+        if not 0.0 < self.evidence_level <= 1.0:
+            raise ConfigError(f"evidence_level must be in (0.0, 1.0], got {self.evidence_level}")
+        if self.min_holdout_per_class < 0:
+            raise ConfigError(f"min_holdout_per_class must be at least 0, got {self.min_holdout_per_class}")
         for name in ("recent_window", "min_samples", "consensus_batch_size", "new_sample_repeat", "train_epochs",
                      "keep_versions"):
             if getattr(self, name) < 1:

@@ -85,6 +85,8 @@ def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSetting
         seed: int = config.seed,
         min_improvement: float = config.min_improvement,
         max_golden_regression: float = config.max_golden_regression,
+        min_holdout_per_class: int = config.min_holdout_per_class,
+        evidence_level: float = config.evidence_level,
         keep_versions: int = config.keep_versions,
     ):
         params = dict(locals())  # the pipeline parameters by name, for the retraining branch
@@ -135,7 +137,8 @@ def _retrain(ops: dict, monitor: dsl.PipelineTask, p: dict) -> None:
         challenger=train.outputs["model"], holdout_set=consensus.outputs["holdout_set"],
         golden_set=golden.output, mlflow_tracking_uri=p["mlflow_tracking_uri"],
         registered_model=p["registered_model"], min_improvement=p["min_improvement"],
-        max_golden_regression=p["max_golden_regression"], run_name=run_name,
+        max_golden_regression=p["max_golden_regression"], min_holdout_per_class=p["min_holdout_per_class"],
+        evidence_level=p["evidence_level"], run_name=run_name,
     ).set_display_name("analyze")
     with dsl.If(analyze.outputs["Output"] == True, name="challenger-is-better"):  # noqa: E712
         deploy = ops[deploy_op](

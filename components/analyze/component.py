@@ -11,6 +11,8 @@ def analyze_op(
     registered_model: str,
     min_improvement: float,
     max_golden_regression: float,
+    min_holdout_per_class: int,
+    evidence_level: float,
     run_name: str,
     report: Output[Markdown],
     decision: Output[Artifact],
@@ -31,11 +33,13 @@ def analyze_op(
         registered_model: MLflow registered model; its `champion` alias is the model to beat.
         min_improvement: the challenger must beat the champion on new data by at least this.
         max_golden_regression: the challenger may lose at most this on the golden set.
+        min_holdout_per_class: the holdout must hold at least this many samples per class on average.
+        evidence_level: McNemar's one-sided p on the holdout must be at most this to count as a gain.
         run_name: the pipeline run, for alerts.
         report: metrics side by side, per-class recall, decision and reasons.
         decision: the decision, its reasons and the metric deltas (JSON), for the Slack message.
         canary: golden images with the challenger's in-process answers, for deploy's smoke test.
-        metrics: accuracies and macro-F1 of both models on both sets.
+        metrics: accuracies and macro-F1 of both models on both sets, McNemar's p and discordant counts.
         challenger_new_data: the challenger's confusion matrix on the new data.
         champion_new_data: the champion's confusion matrix on the new data.
         challenger_golden: the challenger's confusion matrix on the golden set.
@@ -49,8 +53,8 @@ def analyze_op(
     with alert_on_failure("analyze", run_name):
         result = analyze_against_champion(Path(challenger.path), Path(holdout_set.path), Path(golden_set.path),
                                           mlflow_tracking_uri, registered_model, min_improvement,
-                                          max_golden_regression, Path(report.path), Path(decision.path),
-                                          Path(canary.path))
+                                          max_golden_regression, min_holdout_per_class, evidence_level,
+                                          Path(report.path), Path(decision.path), Path(canary.path))
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
     outputs = {("challenger", "holdout"): challenger_new_data, ("champion", "holdout"): champion_new_data,

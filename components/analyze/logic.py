@@ -2,13 +2,18 @@
 
 Both models predict in-process on two sets: the pseudo-labelled holdout (the new, drifted data)
 and the labelled golden set (the original distribution). The challenger is deployed only if it
-beats the champion by at least `min_improvement` on the new data and loses at most
-`max_golden_regression` on the golden set. Every criterion becomes one sentence in `reasons`.
+beats the champion by at least `min_improvement` on the new data, with evidence, and loses at most
+`max_golden_regression` on the golden set. Evidence means a holdout of at least
+`min_holdout_per_class` samples per class on average (min_holdout_per_class x the number of
+classes) and McNemar's exact test on the paired answers: of the holdout samples exactly one model
+gets right, the challenger's share must be larger than chance would give, one-sided
+p <= `evidence_level`. Every criterion becomes one sentence in `reasons`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +43,20 @@ class ModelScores:
 
 
 @dataclass(frozen=True)
+class HoldoutEvidence:
+    """The paired answers of both models on the holdout, for the evidence criteria.
+
+    `challenger_only` counts the samples the challenger gets right and the champion wrong,
+    `champion_only` the reverse (McNemar's discordant pairs); `p_value` is McNemar's exact
+    one-sided test that the challenger is right more often (mcnemar_p_value)."""
+
+    class_counts: list[int]  # holdout samples per class, in class_names order
+    challenger_only: int
+    champion_only: int
+    p_value: float
+
+
+@dataclass(frozen=True)
 class AnalysisResult:
     """The deploy decision, its reasons and every score; `scores[model][data_set]`."""
 
@@ -48,9 +67,13 @@ class AnalysisResult:
     min_improvement: float
     max_golden_regression: float
     report: Path
+    evidence: HoldoutEvidence
+    min_holdout_per_class: int
+    evidence_level: float
 
     def metrics(self) -> dict[str, float]:
-        """Flat scalar metrics, e.g. `challenger_holdout_accuracy`, for kfp Metrics."""
+        """Flat scalar metrics, e.g. `challenger_holdout_accuracy`, for kfp Metrics; with
+        McNemar's discordant counts and p-value on the holdout."""
         flat: dict[str, float] = {}
         for model in MODELS:
             for data_set in DATA_SETS:
@@ -58,6 +81,9 @@ class AnalysisResult:
                 flat[f"{model}_{data_set}_accuracy"] = score.accuracy
                 flat[f"{model}_{data_set}_macro_f1"] = score.macro_f1
                 flat[f"{data_set}_count"] = float(score.count)
+        flat["holdout_challenger_only_correct"] = float(self.evidence.challenger_only)
+        flat["holdout_champion_only_correct"] = float(self.evidence.champion_only)
+        flat["mcnemar_p_value"] = self.evidence.p_value
         return flat
 
     def accuracy_deltas(self) -> dict[str, float]:
@@ -100,6 +126,8 @@ def analyze_against_champion(
     registered_model: str,
     min_improvement: float,
     max_golden_regression: float,
+    min_holdout_per_class: int,
+    evidence_level: float,
     report_out: Path,
     decision_out: Path,
     canary_out: Path,
@@ -119,6 +147,8 @@ def analyze_against_champion(
         registered_model: the MLflow registered model whose `champion` alias is the model to beat.
         min_improvement: required gain in holdout accuracy (challenger - champion).
         max_golden_regression: allowed loss in golden accuracy (champion - challenger).
+        min_holdout_per_class: the holdout needs at least this many samples per class on average.
+        evidence_level: the largest McNemar p-value that counts as evidence of a holdout gain.
         report_out: where to write the Markdown report.
         decision_out: where to write AnalysisResult.decision() (JSON), which notify reads.
         canary_out: where to write the deploy stage's smoke test (write_canary).
@@ -137,7 +167,8 @@ def analyze_against_champion(
         version = registry.require_alias(registered_model, registry.CHAMPION, tracking_uri)
         champion = registry.download_version(registered_model, version, scratch, tracking_uri)
         result = analyze(Path(challenger_file), champion.model_file, Path(holdout_set), Path(golden_set),
-                         min_improvement, max_golden_regression, Path(report_out))
+                         min_improvement, max_golden_regression, min_holdout_per_class, evidence_level,
+                         Path(report_out))
     write_atomic(Path(decision_out), json.dumps(result.decision(version)).encode("utf-8"))
     write_canary(Path(challenger_file), Path(golden_set), Path(canary_out), canary_size)
     for reason in result.reasons:
@@ -163,6 +194,8 @@ def analyze(
     golden_set: Path,
     min_improvement: float,
     max_golden_regression: float,
+    min_holdout_per_class: int,
+    evidence_level: float,
     report_out: Path,
 ) -> AnalysisResult:
     """Score both models on the holdout and the golden set, decide, and write a Markdown report.
@@ -174,6 +207,9 @@ def analyze(
         golden_set: ImageSet .npz of labelled data from the original distribution.
         min_improvement: Required gain in holdout accuracy (challenger - champion).
         max_golden_regression: Allowed loss in golden accuracy (champion - challenger).
+        min_holdout_per_class: The holdout needs at least this many samples per class on average
+            (this times the number of classes).
+        evidence_level: The largest McNemar p-value that counts as evidence of a holdout gain.
         report_out: Where to write the Markdown report.
 
     Returns:
@@ -191,13 +227,22 @@ def analyze(
         _check_compatible(name, card, path, data, paths)
 
     models = {"champion": champion, "challenger": challenger}
+    predicted = {
+        model: {data_set: _predict(models[model], data[data_set]) for data_set in DATA_SETS}
+        for model in MODELS
+    }
+    classes = len(class_names)
     scores = {
         model: {
-            data_set: score_model(models[model], data[data_set]) for data_set in DATA_SETS
+            data_set: scores_from_labels(data[data_set].labels, predicted[model][data_set], classes)
+            for data_set in DATA_SETS
         }
         for model in MODELS
     }
-    deploy, reasons = decide(scores, min_improvement, max_golden_regression)
+    evidence = holdout_evidence(data["holdout"].labels, predicted["champion"]["holdout"],
+                                predicted["challenger"]["holdout"], classes)
+    deploy, reasons = decide(scores, evidence, min_improvement, max_golden_regression,
+                             min_holdout_per_class, evidence_level)
     result = AnalysisResult(
         deploy,
         reasons,
@@ -206,6 +251,9 @@ def analyze(
         min_improvement,
         max_golden_regression,
         Path(report_out),
+        evidence,
+        min_holdout_per_class,
+        evidence_level,
     )
     write_atomic(report_out, render_report(result).encode())
     return result
@@ -213,11 +261,43 @@ def analyze(
 
 def score_model(model: Any, data: ImageSet) -> ModelScores:
     """Accuracy, macro-F1, per-class recall and the confusion matrix of `model` on `data`."""
-    classes = len(data.class_names)
+    return scores_from_labels(data.labels, _predict(model, data), len(data.class_names))
+
+
+def _predict(model: Any, data: ImageSet) -> np.ndarray:
     if len(data) == 0:
-        return ModelScores(0, 0.0, 0.0, [None] * classes, [[0] * classes for _ in range(classes)])
-    predicted = predict_proba(model, data.images).argmax(axis=1)
-    return scores_from_labels(data.labels, predicted, classes)
+        return np.zeros(0, np.int64)
+    return predict_proba(model, data.images).argmax(axis=1)
+
+
+def holdout_evidence(
+    truth: np.ndarray, champion: np.ndarray, challenger: np.ndarray, classes: int
+) -> HoldoutEvidence:
+    """The per-class counts and McNemar's discordant pairs of two models' predicted labels."""
+    champion_right, challenger_right = champion == truth, challenger == truth
+    challenger_only = int(np.sum(challenger_right & ~champion_right))
+    champion_only = int(np.sum(champion_right & ~challenger_right))
+    return HoldoutEvidence(
+        class_counts=np.bincount(truth, minlength=classes).astype(int).tolist(),
+        challenger_only=challenger_only,
+        champion_only=champion_only,
+        p_value=mcnemar_p_value(challenger_only, champion_only),
+    )
+
+
+def mcnemar_p_value(challenger_only: int, champion_only: int) -> float:
+    """McNemar's exact test, one-sided: the probability of at least `challenger_only` of the
+    discordant pairs going the challenger's way if both models were equally good (each pair a
+    fair coin). 1.0 without discordant pairs.
+
+    This is scipy.stats.binomtest(challenger_only, n, 0.5, alternative="greater").pvalue (the
+    tests check that), summed exactly here: scipy is no requirement of the analyze stage.
+    """
+    pairs = challenger_only + champion_only
+    if pairs == 0:
+        return 1.0
+    tail = sum(math.comb(pairs, wins) for wins in range(challenger_only, pairs + 1))
+    return min(1.0, tail / 2**pairs)
 
 
 def scores_from_labels(truth: np.ndarray, predicted: np.ndarray, classes: int) -> ModelScores:
@@ -246,9 +326,16 @@ def scores_from_labels(truth: np.ndarray, predicted: np.ndarray, classes: int) -
 
 
 def decide(
-    scores: dict[str, dict[str, ModelScores]], min_improvement: float, max_golden_regression: float
+    scores: dict[str, dict[str, ModelScores]],
+    evidence: HoldoutEvidence,
+    min_improvement: float,
+    max_golden_regression: float,
+    min_holdout_per_class: int,
+    evidence_level: float,
 ) -> tuple[bool, list[str]]:
-    """Apply both criteria; returns the decision and one sentence per criterion."""
+    """Apply every criterion; returns the decision and one sentence per criterion: the gain on
+    the new data, the evidence for it (holdout size, McNemar's test; a sentence starting "Not
+    enough evidence:" when it is lacking), and the golden-set regression."""
     reasons: list[str] = []
     passed: list[bool] = []
     champion, challenger = scores["champion"], scores["challenger"]
@@ -271,6 +358,9 @@ def decide(
             f"{'at least' if ok else 'less than'} the required improvement of "
             f"{min_improvement:.3f}."
         )
+        for ok, reason in _evidence_criteria(evidence, min_holdout_per_class, evidence_level):
+            passed.append(ok)
+            reasons.append(reason)
 
     golden = challenger["golden"].count
     if golden == 0:
@@ -292,6 +382,32 @@ def decide(
             f"{max_golden_regression:.3f}."
         )
     return all(passed), reasons
+
+
+def _evidence_criteria(
+    evidence: HoldoutEvidence, min_holdout_per_class: int, evidence_level: float
+) -> list[tuple[bool, str]]:
+    """The holdout-size and McNemar criteria of a non-empty holdout, each (passed, sentence)."""
+    counts = evidence.class_counts
+    size, needed = sum(counts), min_holdout_per_class * len(counts)
+    per_class = ", ".join(str(count) for count in counts)
+    if size >= needed:
+        sized = (True, f"Pass: the holdout's {size} samples are at least the {needed} required "
+                       f"({min_holdout_per_class} per class for {len(counts)} classes).")
+    else:
+        sized = (False, f"Not enough evidence: the holdout has {size} samples (per class: {per_class}), "
+                        f"fewer than the {needed} required ({min_holdout_per_class} per class for "
+                        f"{len(counts)} classes); not deploying.")
+    ok = evidence.p_value <= evidence_level + _TOLERANCE
+    discordant = (f"the challenger alone is right on {evidence.challenger_only} holdout samples and the "
+                  f"champion alone on {evidence.champion_only}; McNemar's exact test gives "
+                  f"p = {evidence.p_value:.4f}")
+    if ok:
+        tested = (True, f"Pass: {discordant}, within the evidence level of {evidence_level:.4f}.")
+    else:
+        tested = (False, f"Not enough evidence: {discordant}, above the evidence level of "
+                         f"{evidence_level:.4f}; not deploying.")
+    return [sized, tested]
 
 
 def render_report(result: AnalysisResult) -> str:
@@ -320,12 +436,21 @@ def render_report(result: AnalysisResult) -> str:
                 f"| {data_set} | {champion.count} | {metric.replace('_', '-')} | "
                 f"{_number(old, champion.count)} | {_number(new, champion.count)} | {change} |"
             )
+    evidence = result.evidence
     lines += [
+        "",
+        "## Evidence on the new data",
+        "",
+        "| holdout samples | required | challenger alone right | champion alone right | McNemar p | evidence level |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {sum(evidence.class_counts)} | {result.min_holdout_per_class * len(evidence.class_counts)} | "
+        f"{evidence.challenger_only} | {evidence.champion_only} | {evidence.p_value:.4f} | "
+        f"{result.evidence_level:.4f} |",
         "",
         "## Per-class recall",
         "",
-        "| class | holdout champion | holdout challenger | golden champion | golden challenger |",
-        "|---|---:|---:|---:|---:|",
+        "| class | holdout champion | holdout challenger | golden champion | golden challenger | holdout samples |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for index, name in enumerate(result.class_names):
         cells = [
@@ -333,6 +458,7 @@ def render_report(result: AnalysisResult) -> str:
             for data_set in DATA_SETS
             for model in MODELS
         ]
+        cells.append(str(evidence.class_counts[index]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for data_set in DATA_SETS:
         for model in MODELS:

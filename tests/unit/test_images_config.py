@@ -75,7 +75,8 @@ def test_shipped_config_has_the_reference_defaults() -> None:
     assert config.yield_threshold == 0.7
     assert config.yield_drop_tolerance == 0.05 and config.yield_floor == 0.6
     assert config.confidence_threshold == 0.7
-    assert config.val_ratio == 0.1 and config.min_improvement == 0.01
+    assert config.val_ratio == 0.2 and config.min_improvement == 0.01
+    assert config.min_holdout_per_class == 2 and config.evidence_level == 0.05
 
 
 @pytest.mark.parametrize(
@@ -84,6 +85,10 @@ def test_shipped_config_has_the_reference_defaults() -> None:
         ("recent_window: many\n", "recent_window must be of type int, got 'many'"),
         ("val_ratio: 1.5\n", r"val_ratio must be in \[0.0, 0.9\], got 1.5"),
         ("min_samples: 0\n", "min_samples must be at least 1"),
+        ("min_holdout_per_class: -1\n", "min_holdout_per_class must be at least 0, got -1"),
+        ("min_holdout_per_class: 2.5\n", "min_holdout_per_class must be of type int, got 2.5"),
+        ("evidence_level: 0\n", r"evidence_level must be in \(0.0, 1.0\], got 0"),
+        ("evidence_level: 1.5\n", r"evidence_level must be in \(0.0, 1.0\], got 1.5"),
         ("merge_previous: 3\n", "merge_previous must be of type bool"),
         ("yield_treshold: 0.7\n", "unknown config keys: yield_treshold"),
         ("- a list\n", "expected a mapping"),

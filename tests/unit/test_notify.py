@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import components.notify
-from components.analyze.logic import AnalysisResult, scores_from_labels
+from components.analyze.logic import AnalysisResult, HoldoutEvidence, scores_from_labels
 from components.monitor.logic import MonitorResult, check_store_yield
 from components.notify.logic import (
     announce_deployed,
@@ -136,7 +136,8 @@ def analysis(champion_correct: int, challenger_correct: int) -> AnalysisResult:
     champion, challenger = scores(champion_correct), scores(challenger_correct)
     deploy = challenger_correct > champion_correct
     return AnalysisResult(deploy, ["Pass: better." if deploy else "Fail: gain < 0.01 & more"], ["0", "1"],
-                          {"champion": champion, "challenger": challenger}, 0.01, 0.02, Path("report.md"))
+                          {"champion": champion, "challenger": challenger}, 0.01, 0.02, Path("report.md"),
+                          HoldoutEvidence([5, 5], 3, 0, 0.125), 2, 0.05)
 
 
 def test_announce_deployed_reads_the_deltas_of_the_analyze_decision(tmp_path, outbox):
