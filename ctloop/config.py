@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 DEFAULT_CONFIG_NAME = "ctloop.yaml"
+# The model families of ctloop.models (named here too: config is read by stages without torch).
+MODEL_FAMILIES = ("resnet", "dilated", "mixer")
 
 
 class ConfigError(ValueError):
@@ -34,7 +36,13 @@ class PipelineConfig:
     val_ratio: float = 0.2
     consensus_batch_size: int = 256
     new_sample_repeat: int = 3
-    train_epochs: int = 40
+    train_epochs: int = 60
+    train_max_seconds: float = 120.0
+    train_patience: int = 8
+    warm_start: bool = True
+    champion_family: str = "resnet"
+    b1_family: str = "dilated"
+    b2_family: str = "mixer"
     seed: int = 0
     min_improvement: float = 0.01
     max_golden_regression: float = 0.02
@@ -54,9 +62,14 @@ class PipelineConfig:
         _check_range("min_improvement", self.min_improvement, -1.0, 1.0)
         if not 0.0 < self.evidence_level <= 1.0:
             raise ConfigError(f"evidence_level must be in (0.0, 1.0], got {self.evidence_level}")
+        for name in ("champion_family", "b1_family", "b2_family"):
+            if getattr(self, name) not in MODEL_FAMILIES:
+                raise ConfigError(f"{name} must be one of {', '.join(MODEL_FAMILIES)}, got {getattr(self, name)!r}")
+        if self.train_max_seconds < 0:
+            raise ConfigError(f"train_max_seconds must be at least 0 (0: no cap), got {self.train_max_seconds}")
         if self.min_holdout_per_class < 0:
             raise ConfigError(f"min_holdout_per_class must be at least 0, got {self.min_holdout_per_class}")
-        for name in ("recent_window", "min_samples", "consensus_batch_size", "new_sample_repeat", "train_epochs",
+        for name in ("recent_window", "min_samples", "consensus_batch_size", "new_sample_repeat", "train_epochs", "train_patience",
                      "keep_versions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -98,7 +111,7 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
 
 
 def _check_type(name: str, value: Any, annotation: str) -> None:
-    allowed = {"float": (int, float), "int": (int,), "bool": (bool,)}
+    allowed = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
     base = annotation.replace(" | None", "")
     if value is None and "None" in annotation:
         return

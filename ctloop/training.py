@@ -1,4 +1,11 @@
-"""One training function for every model role: CPU, seconds on digits, with a progress bar.
+"""One training function for every model role: CPU, with early stopping and a time cap.
+
+Training converges on its own rather than running a fixed epoch count: a stratified share of the
+data (grouped so that repeated rows never sit on both sides) is held back, the learning rate
+falls when its loss stops improving, training stops when it has not improved for `patience`
+epochs or when `max_seconds` is spent, and the weights of the best epoch are kept. `epochs` is
+only a ceiling. Batches are drawn class-balanced, so a rare defect class is seen as often as the
+common "ok" one. Retraining can start from the champion's weights (`initial_state`).
 
 The recipes differ on purpose: the champion is trained plainly (it is the fast production
 model), while B1 and B2 see drift augmentation with different seeds and strengths so that they
@@ -7,6 +14,8 @@ stay accurate on drifted lines and their agreement is evidence of a correct labe
 
 from __future__ import annotations
 
+import copy
+import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -16,16 +25,17 @@ from torch import nn
 from tqdm import tqdm
 
 from ctloop.drift import DRIFT_KINDS, DriftKind, apply_drift
-from ctloop.images import ImageSet
+from ctloop.images import ImageSet, stratified_split
 from ctloop.modelfile import predict_proba
 from ctloop.models import Role, build_model
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train one model. `augment` lists the drift kinds mixed into training batches."""
+    """How to train one model. `augment` lists the drift kinds mixed into training batches;
+    `epochs` is a ceiling, `patience` epochs without a better stopping loss end training early."""
 
-    epochs: int = 25
+    epochs: int = 60
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
@@ -33,6 +43,10 @@ class TrainConfig:
     augment: tuple[DriftKind, ...] = ()
     augment_share: float = 0.5
     augment_max_severity: float = 1.0
+    stopping_share: float = 0.15
+    patience: int = 8
+    max_seconds: float | None = None
+    family: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,12 +55,14 @@ class EpochMetrics:
     loss: float
     train_accuracy: float
     val_accuracy: float | None
+    stopping_loss: float | None = None
+    learning_rate: float | None = None
 
 
 RECIPES: dict[Role, TrainConfig] = {
-    "champion": TrainConfig(epochs=25),
-    "b1": TrainConfig(epochs=30, seed=1, augment=DRIFT_KINDS, augment_share=0.6),
-    "b2": TrainConfig(epochs=60, seed=2, learning_rate=2e-3, augment=DRIFT_KINDS, augment_share=0.7),
+    "champion": TrainConfig(),
+    "b1": TrainConfig(seed=1, augment=DRIFT_KINDS, augment_share=0.6),
+    "b2": TrainConfig(seed=2, learning_rate=2e-3, augment=DRIFT_KINDS, augment_share=0.7),
 }
 
 
@@ -57,34 +73,73 @@ def train_model(
     val: ImageSet | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     progress: bool = True,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[nn.Module, list[EpochMetrics]]:
-    """Train a fresh `role` model on `data`; returns it in eval mode with per-epoch metrics."""
+    """Train a `role` model on `data` (from `initial_state` when given, else freshly initialised);
+    returns the best epoch's model in eval mode with per-epoch metrics. `val` is only reported
+    (the analyze stage judges on it, so it must not steer training)."""
     config = config or RECIPES[role]
     if len(data) == 0:
         raise ValueError("cannot train on an empty image set")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = build_model(role, len(data.class_names))
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=config.learning_rate,
-        total_steps=config.epochs * _batches_per_epoch(len(data), config.batch_size),
-    )
+    model = build_model(role, len(data.class_names), data.image_size, config.family)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
+    fit, stopping = _stopping_split(data, config.stopping_share, config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=max(1, config.patience // 3))
     history: list[EpochMetrics] = []
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    started = time.monotonic()
     bar = tqdm(range(1, config.epochs + 1), desc=f"train {role}", disable=not progress, leave=False)
     for epoch in bar:
-        loss, train_accuracy = _train_epoch(model, data, config, optimizer, schedule, rng)
-        val_accuracy = accuracy(model, val) if val is not None and len(val) else None
-        metrics = EpochMetrics(epoch, loss, train_accuracy, val_accuracy)
+        loss, train_accuracy = _train_epoch(model, fit, config, optimizer, rng)
+        stopping_loss = _loss(model, stopping) if stopping is not None else loss
+        schedule.step(stopping_loss)
+        metrics = EpochMetrics(epoch, loss, train_accuracy, accuracy(model, val) if val is not None and len(val) else None,
+                               stopping_loss, optimizer.param_groups[0]["lr"])
         history.append(metrics)
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{train_accuracy:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}", stop=f"{stopping_loss:.3f}")
         if on_epoch is not None:
             on_epoch(metrics)
+        if best is None or stopping_loss < best[0]:
+            best = (stopping_loss, copy.deepcopy(model.state_dict()))
+        if _should_stop(history, config, time.monotonic() - started):
+            break
+    model.load_state_dict(best[1])
     model.eval()
     return model, history
+
+
+def _should_stop(history: list[EpochMetrics], config: TrainConfig, seconds: float) -> bool:
+    """No better stopping loss for `patience` epochs, or the time cap is spent."""
+    if config.max_seconds is not None and seconds >= config.max_seconds:
+        return True
+    losses = [metrics.stopping_loss for metrics in history]
+    return len(losses) > config.patience and min(losses[-config.patience:]) >= min(losses[:-config.patience])
+
+
+def _stopping_split(data: ImageSet, share: float, seed: int) -> tuple[ImageSet, ImageSet | None]:
+    """(fit, stopping): about `share` of each class held back to stop on, split by distinct image
+    so that the copies of a repeated row all land on one side; no split for tiny sets."""
+    if share <= 0 or len(data) < 20:
+        return data, None
+    _, group = np.unique(data.images.reshape(len(data), -1), axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    first = np.unique(group, return_index=True)[1]
+    fit_groups, stop_groups = stratified_split(data.labels[first], share, seed)
+    held = np.isin(group, group[first][stop_groups])
+    if not held.any() or held.all():
+        return data, None
+    return data.subset(np.flatnonzero(~held)), data.subset(np.flatnonzero(held))
+
+
+@torch.inference_mode()
+def _loss(model: nn.Module, data: ImageSet) -> float:
+    model.eval()
+    logits = model(torch.from_numpy(np.ascontiguousarray(data.images)).unsqueeze(1))
+    return float(nn.functional.cross_entropy(logits, torch.from_numpy(data.labels)))
 
 
 def accuracy(model: nn.Module, data: ImageSet) -> float:
@@ -99,8 +154,11 @@ def with_epochs(config: TrainConfig, epochs: int) -> TrainConfig:
     return replace(config, epochs=epochs)
 
 
-def _batches_per_epoch(size: int, batch_size: int) -> int:
-    return max(1, -(-size // batch_size))
+def _balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One epoch of indices, as many as rows, drawn so that every class is equally likely."""
+    counts = np.bincount(labels)
+    weights = 1.0 / counts[labels]
+    return rng.choice(len(labels), size=len(labels), replace=True, p=weights / weights.sum())
 
 
 def _train_epoch(
@@ -108,14 +166,15 @@ def _train_epoch(
     data: ImageSet,
     config: TrainConfig,
     optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
     rng: np.random.Generator,
 ) -> tuple[float, float]:
     model.train()
-    order = rng.permutation(len(data))
+    order = _balanced_order(data.labels, rng)
     total_loss, correct = 0.0, 0
     for start in range(0, len(order), config.batch_size):
         index = order[start : start + config.batch_size]
+        if len(index) < 2:  # batch norm cannot train on a single image
+            continue
         images = _augment(data.images[index], config, rng)
         inputs = torch.from_numpy(images).unsqueeze(1)
         targets = torch.from_numpy(data.labels[index])
@@ -124,7 +183,6 @@ def _train_epoch(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        schedule.step()
         total_loss += loss.item() * len(index)
         correct += int((logits.argmax(dim=1) == targets).sum())
     return total_loss / len(order), correct / len(order)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ctloop.imagefolder import read_image_folder
@@ -10,7 +10,8 @@ from ctloop.images import ImageDataError, ImageSet, stratified_split
 from ctloop.modelfile import ModelCard, load_model, save_model
 from ctloop.models import ROLES, Role
 from ctloop.simulator import digits_split
-from ctloop.training import RECIPES, accuracy, train_model, with_epochs
+from ctloop.config import PipelineConfig
+from ctloop.training import RECIPES, accuracy, train_model
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,16 @@ def bootstrap_models(
     models_dir: Path,
     epochs: int | None = None,
     progress: bool = True,
+    config: PipelineConfig | None = None,
 ) -> tuple[dict[Role, Path], dict[Role, float]]:
-    """Train champion, B1 and B2 on `train`; write `<role>.pt` into `models_dir`."""
+    """Train champion, B1 and B2 on `train`, each of the family `config` names (default: the
+    shipped config); write `<role>.pt` into `models_dir`. `epochs` overrides each recipe's ceiling."""
+    config = config or PipelineConfig()
+    families = {"champion": config.champion_family, "b1": config.b1_family, "b2": config.b2_family}
     files: dict[Role, Path] = {}
     scores: dict[Role, float] = {}
     for role in ROLES:
-        recipe = RECIPES[role] if epochs is None else with_epochs(RECIPES[role], epochs)
+        recipe = replace(RECIPES[role], family=families[role], epochs=epochs or RECIPES[role].epochs)
         model, _ = train_model(role, train, recipe, progress=progress)
         card = ModelCard(role, train.class_names, train.image_size, type(model).__name__)
         files[role] = models_dir / f"{role}.pt"
@@ -45,7 +50,8 @@ def bootstrap_models(
 
 
 def bootstrap_digits(
-    out_dir: str | Path, seed: int = 0, epochs: int | None = None, progress: bool = True
+    out_dir: str | Path, seed: int = 0, epochs: int | None = None, progress: bool = True,
+    config: PipelineConfig | None = None,
 ) -> BootstrapResult:
     """Split the bundled digits, write the data sets and train the three models on clean data."""
     out_dir = Path(out_dir)
@@ -55,7 +61,7 @@ def bootstrap_digits(
     split.train.save(paths["train"])
     split.golden.save(paths["golden"])
     split.production.save(paths["production"])
-    files, scores = bootstrap_models(split.train, split.golden, out_dir / "models", epochs, progress)
+    files, scores = bootstrap_models(split.train, split.golden, out_dir / "models", epochs, progress, config)
     return BootstrapResult(files, paths["train"], paths["golden"], paths["production"], scores)
 
 
@@ -67,6 +73,7 @@ def bootstrap_folder(
     epochs: int | None = None,
     golden_share: float = 0.2,
     progress: bool = True,
+    config: PipelineConfig | None = None,
 ) -> BootstrapResult:
     """Bootstrap from a user's labelled ImageFolder: a stratified golden share is held out."""
     out_dir = Path(out_dir)
@@ -76,7 +83,7 @@ def bootstrap_folder(
     paths = {name: out_dir / "data" / f"{name}.npz" for name in ("train", "golden")}
     train.save(paths["train"])
     golden.save(paths["golden"])
-    files, scores = bootstrap_models(train, golden, out_dir / "models", epochs, progress)
+    files, scores = bootstrap_models(train, golden, out_dir / "models", epochs, progress, config)
     return BootstrapResult(files, paths["train"], paths["golden"], None, scores)
 
 

@@ -50,8 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--out", type=Path, default=Path("runs/bootstrap"))
     boot.add_argument("--image-folder", type=Path, help="your labelled ImageFolder instead of digits")
     boot.add_argument("--image-size", type=int, nargs=2, default=(32, 32), metavar=("H", "W"))
-    boot.add_argument("--epochs", type=int)
+    boot.add_argument("--epochs", type=int, help="the most epochs per model (training stops earlier on its own)")
     boot.add_argument("--seed", type=int, default=0)
+    boot.add_argument("--config", type=Path, help="model families (champion_family, b1_family, b2_family); "
+                                                  "default: the shipped ctloop/ctloop.yaml")
     boot.set_defaults(command=_bootstrap)
 
     serve = commands.add_parser("serve", help="start TorchServe + MLflow with bootstrapped models")
@@ -139,10 +141,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _bootstrap(args: argparse.Namespace) -> int:
     from ctloop_app.bootstrap import bootstrap_digits, bootstrap_folder
 
+    config = load_config(args.config)
     if args.image_folder:
-        result = bootstrap_folder(args.image_folder, tuple(args.image_size), args.out, args.seed, args.epochs)
+        result = bootstrap_folder(args.image_folder, tuple(args.image_size), args.out, args.seed, args.epochs,
+                                  config=config)
     else:
-        result = bootstrap_digits(args.out, args.seed, args.epochs)
+        result = bootstrap_digits(args.out, args.seed, args.epochs, config=config)
     for role, path in result.model_files.items():
         print(f"{role}: {path} (golden-set accuracy {result.golden_accuracy[role]:.3f})")
     return 0

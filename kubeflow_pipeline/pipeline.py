@@ -82,6 +82,10 @@ def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSetting
         consensus_batch_size: int = config.consensus_batch_size,
         new_sample_repeat: int = config.new_sample_repeat,
         train_epochs: int = config.train_epochs,
+        train_max_seconds: float = config.train_max_seconds,
+        train_patience: int = config.train_patience,
+        warm_start: bool = config.warm_start,
+        champion_family: str = config.champion_family,
         seed: int = config.seed,
         min_improvement: float = config.min_improvement,
         max_golden_regression: float = config.max_golden_regression,
@@ -130,7 +134,8 @@ def _retrain(ops: dict, monitor: dsl.PipelineTask, p: dict) -> None:
     ).set_display_name("consensus-filter").after(validate)
     train = ops[train_op](
         train_set=consensus.outputs["train_set"], holdout_set=consensus.outputs["holdout_set"],
-        epochs=p["train_epochs"], seed=p["seed"], mlflow_tracking_uri=p["mlflow_tracking_uri"],
+        epochs=p["train_epochs"], seed=p["seed"], family=p["champion_family"], warm_start=p["warm_start"],
+        max_seconds=p["train_max_seconds"], patience=p["train_patience"], mlflow_tracking_uri=p["mlflow_tracking_uri"],
         registered_model=p["registered_model"], run_name=run_name,
     ).set_display_name("train challenger")
     analyze = ops[analyze_op](

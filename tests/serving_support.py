@@ -28,7 +28,7 @@ def write_model(role: str, path: Path, seed: int = 0) -> Path:
     import torch
 
     torch.manual_seed(seed)
-    save_model(build_model(role, len(CLASS_NAMES)), ModelCard(role, CLASS_NAMES, IMAGE_SIZE, role), path)
+    save_model(build_model(role, len(CLASS_NAMES), IMAGE_SIZE), ModelCard(role, CLASS_NAMES, IMAGE_SIZE, role), path)
     return path
 
 

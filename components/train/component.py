@@ -10,6 +10,10 @@ def train_op(
     holdout_set: Input[Dataset],
     epochs: int,
     seed: int,
+    family: str,
+    warm_start: bool,
+    max_seconds: float,
+    patience: int,
     mlflow_tracking_uri: str,
     registered_model: str,
     run_name: str,
@@ -21,8 +25,12 @@ def train_op(
     Args:
         train_set: pseudo-labelled plus previous training rows (from consensus-filter).
         holdout_set: pseudo-labelled holdout, for per-epoch validation accuracy.
-        epochs: training epochs.
+        epochs: the most training epochs (training stops earlier once it stops improving).
         seed: training seed.
+        family: the challenger's model family (resnet, dilated or mixer).
+        warm_start: start from the champion's weights when family, classes and size match.
+        max_seconds: stop training after this many seconds (0: no cap).
+        patience: stop after this many epochs without a better held-back loss.
         mlflow_tracking_uri: MLflow tracking URI ("" uses MLFLOW_TRACKING_URI).
         registered_model: MLflow registered model name.
         run_name: the pipeline run, for alerts.
@@ -37,7 +45,8 @@ def train_op(
 
     with alert_on_failure("train", run_name):
         result = train_challenger(Path(train_set.path), Path(holdout_set.path), epochs, seed,
-                                  mlflow_tracking_uri, registered_model, Path(model.path))
+                                  mlflow_tracking_uri, registered_model, Path(model.path), family=family,
+                                  warm_start=warm_start, max_seconds=max_seconds or None, patience=patience)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     model.metadata["mlflow_version"] = result.version

@@ -1,5 +1,10 @@
 """train: the challenger, the champion's architecture retrained on pseudo-labelled + previous data.
 
+With `warm_start`, training starts from the current champion's weights (MLflow's `champion`
+alias) when it is of the same family, classes and input size, and from scratch otherwise; the
+run's `warm_start` param says which and why. Training stops on its own (ctloop.training);
+`epochs` is a ceiling and `max_seconds` a cap.
+
 Everything about the run goes to MLflow: params, per-epoch metrics, the TorchScript file and
 the training set it saw, and a new registered version carrying the alias `challenger`.
 Kubeflow sets MLFLOW_RUN_ID; that run is resumed instead of starting a new one, and a re-run of
@@ -23,9 +28,10 @@ from mlflow.entities import Metric, Param
 
 from ctloop import registry
 from ctloop.images import ImageSet
-from ctloop.modelfile import ModelCard, save_model
+from ctloop.modelfile import ModelCard, load_model, save_model
+from ctloop.models import DEFAULT_FAMILIES, FAMILIES
 from ctloop.registry import CHALLENGER
-from ctloop.training import RECIPES, EpochMetrics, accuracy, train_model, with_epochs
+from ctloop.training import RECIPES, EpochMetrics, accuracy, train_model
 
 _logger = logging.getLogger(__name__)
 
@@ -59,6 +65,10 @@ def train_challenger(
     out_model: Path,
     experiment: str = "ctloop",
     progress: bool = False,
+    family: str = DEFAULT_FAMILIES[ROLE],
+    warm_start: bool = False,
+    max_seconds: float | None = None,
+    patience: int = RECIPES[ROLE].patience,
 ) -> TrainResult:
     """Train the challenger, log it to MLflow and register it with the alias `challenger`.
 
@@ -72,12 +82,18 @@ def train_challenger(
         out_model: Where to write the challenger's TorchScript file.
         experiment: MLflow experiment for a new run (ignored when MLFLOW_RUN_ID is set).
         progress: Show a progress bar while training.
+        family: The challenger's model family (ctloop.models.FAMILIES).
+        warm_start: Start from the champion's weights when its family, classes and size match.
+        max_seconds: Stop training after this long (None: only early stopping and `epochs`).
+        patience: Stop after this many epochs without a better held-back loss.
 
     Returns:
         The TrainResult; `reused` is True when this run had already registered its version.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
     # The stage shares its node with TorchServe's workers; on 2 busy cores, 2 torch threads
     # trained about 4x slower than one (bench/, 10 epochs: 11.7 s vs 2.6 s).
     torch.set_num_threads(1)
@@ -98,23 +114,26 @@ def train_challenger(
     if existing is not None:
         return _reuse_version(client, uri, model_name, existing, run_id, Path(out_model))
 
-    params = _params(train, holdout, epochs, seed, model_name)
+    initial_state, warm_note = _champion_state(model_name, uri, train, family) if warm_start else (None, "off")
+    params = _params(train, holdout, epochs, seed, model_name) + [Param("family", family),
+                                                                  Param("warm_start", warm_note)]
     _log(uri, f"log params of run {run_id}", client.log_batch, run_id, params=params)
     started = time.monotonic()
 
     def on_epoch(metrics: EpochMetrics) -> None:
         values = {"loss": metrics.loss, "train_accuracy": metrics.train_accuracy}
-        if metrics.val_accuracy is not None:
-            values["val_accuracy"] = metrics.val_accuracy
+        optional = {"val_accuracy": metrics.val_accuracy, "stopping_loss": metrics.stopping_loss,
+                    "learning_rate": metrics.learning_rate}
+        values.update({key: value for key, value in optional.items() if value is not None})
         now = int(time.time() * 1000)
         batch = [Metric(key, value, now, metrics.epoch) for key, value in values.items()]
         _log(uri, f"log epoch {metrics.epoch} metrics of run {run_id}", client.log_batch, run_id,
              metrics=batch)
 
-    config = with_epochs(RECIPES[ROLE], epochs)
-    model, history = train_model(
-        ROLE, train, replace(config, seed=seed), val=holdout, on_epoch=on_epoch, progress=progress
-    )
+    config = replace(RECIPES[ROLE], epochs=epochs, seed=seed, family=family, max_seconds=max_seconds,
+                     patience=patience)
+    model, history = train_model(ROLE, train, config, val=holdout, on_epoch=on_epoch, progress=progress,
+                                 initial_state=initial_state)
     card = ModelCard(ROLE, train.class_names, train.image_size, type(model).__name__)
     out_model = Path(out_model)
     save_model(model, card, out_model)
@@ -124,6 +143,7 @@ def train_challenger(
         "loss": float(final.loss),
         "train_accuracy": float(final.train_accuracy),
         "train_seconds": time.monotonic() - started,
+        "epochs_run": float(len(history)),
     }
     if holdout is not None and len(holdout):
         metrics["val_accuracy"] = accuracy(model, holdout)
@@ -138,6 +158,21 @@ def train_challenger(
     _finish_run(client, uri, run_id)
     _logger.info("registered %s version %s (run %s) as %s", model_name, version, run_id, CHALLENGER)
     return TrainResult(version, run_id, out_model, metrics)
+
+
+def _champion_state(model_name: str, uri: str, train: ImageSet,
+                    family: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """The champion's weights and "champion vN", or None and why training starts from scratch."""
+    version = registry.require_alias(model_name, registry.CHAMPION, uri)
+    with tempfile.TemporaryDirectory(prefix="ctloop-warm-") as scratch:
+        champion, card = load_model(registry.download_version(model_name, version, scratch, uri).model_file)
+    expected = FAMILIES[family].__name__
+    mismatch = [f"{name} {theirs} != {ours}" for name, theirs, ours in (
+        ("family", card.architecture, expected), ("classes", list(card.class_names), list(train.class_names)),
+        ("size", list(card.image_size), list(train.image_size))) if theirs != ours]
+    if mismatch:
+        return None, f"from scratch: champion v{version} differs ({'; '.join(mismatch)})"
+    return champion.state_dict(), f"champion v{version}"
 
 
 def _start_or_resume_run(client: MlflowClient, uri: str, experiment: str) -> str:

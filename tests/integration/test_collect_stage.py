@@ -46,7 +46,7 @@ def register(name: str, uri: str, folder: Path, train_rows: int | None, promote:
         train_set = folder / f"train-{train_rows}.npz"
         ImageSet(images, np.arange(train_rows, dtype=np.int64) % len(CLASSES), CLASSES).save(train_set)
     model = folder / "model.pt"
-    save_model(build_model("champion", len(CLASSES)), ModelCard("champion", CLASSES, SIZE, "ChampionNet"), model)
+    save_model(build_model("champion", len(CLASSES), SIZE), ModelCard("champion", CLASSES, SIZE, "ResidualCNN"), model)
     version = registry.register_model_file(name, model, train_set, tracking_uri=uri)
     if promote:
         registry.promote(name, version, uri)

@@ -37,7 +37,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     )
     train.save(directory / "train.npz")
     save_model(
-        build_model("champion", 3), ModelCard("champion", classes, (8, 8), "ChampionNet"),
+        build_model("champion", 3, (8, 8)), ModelCard("champion", classes, (8, 8), "ResidualCNN"),
         directory / "model.pt",
     )
     return directory / "model.pt", directory / "train.npz"

@@ -58,7 +58,7 @@ def test_trains_logs_and_registers_the_challenger(
     assert card.role == "champion"
     assert card.class_names == tuple(str(digit) for digit in range(10))
     assert card.image_size == (8, 8)
-    assert set(result.metrics) == {"loss", "train_accuracy", "val_accuracy", "train_seconds"}
+    assert set(result.metrics) == {"loss", "train_accuracy", "val_accuracy", "train_seconds", "epochs_run"}
     assert 0.0 <= result.metrics["val_accuracy"] <= 1.0
 
     client = MlflowClient(tracking_uri)
@@ -78,6 +78,25 @@ def test_trains_logs_and_registers_the_challenger(
     assert files.train_set is not None
     assert files.train_set.read_bytes() == data_sets[0].read_bytes()
     assert json.loads(json.dumps(result.to_dict()))["version"] == "1"
+
+
+def test_warm_start_begins_from_the_champion_or_says_why_not(
+    data_sets: tuple[Path, Path], tracking_uri: str, tmp_path: Path
+) -> None:
+    train_set, holdout_set = data_sets
+    first = _train(data_sets, tracking_uri, "warm", tmp_path / "v1.pt")
+    registry.promote("warm", first.version, tracking_uri)
+    client = MlflowClient(tracking_uri)
+    notes = {}
+    for family in ("resnet", "dilated"):
+        result = train_challenger(train_set, holdout_set, epochs=EPOCHS, seed=0, tracking_uri=tracking_uri,
+                                  model_name="warm", out_model=tmp_path / f"{family}.pt", family=family,
+                                  warm_start=True)
+        notes[family] = client.get_run(result.run_id).data.params["warm_start"]
+        assert client.get_run(result.run_id).data.params["family"] == family
+        assert load_model(result.model_file)[1].architecture == {"resnet": "ResidualCNN", "dilated": "DilatedCNN"}[family]
+    assert notes == {"resnet": "champion v1",
+                     "dilated": "from scratch: champion v1 differs (family ResidualCNN != DilatedCNN)"}
 
 
 def test_each_training_is_a_new_version_and_moves_the_alias(

@@ -44,11 +44,11 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     ImageSet(images[600:800], labels[600:800], CLASSES).save(paths["holdout"])
     ImageSet(images[800:1100], labels[800:1100], CLASSES).save(paths["golden"])
-    card = ModelCard("champion", CLASSES, (8, 8), "ChampionNet")
+    card = ModelCard("champion", CLASSES, (8, 8), "ResidualCNN")
     good, _ = train_model("champion", train, with_epochs(RECIPES["champion"], 8), progress=False)
     save_model(good, card, paths["good"])
     torch.manual_seed(0)
-    save_model(build_model("champion", len(CLASSES)), card, paths["bad"])
+    save_model(build_model("champion", len(CLASSES), (8, 8)), card, paths["bad"])
     return paths
 
 

@@ -115,7 +115,7 @@ def test_train_killed_then_rerun_registers_one_version(stack, boot, tmp_path) ->
         stage_process("train_op").send_signal(signal.SIGKILL)
 
     with Watcher(training_mid_way, kill, period=0.1) as killer:
-        first = cycle(stack, boot, tmp_path, SMALL.with_overrides(train_epochs=200))
+        first = cycle(stack, boot, tmp_path, SMALL.with_overrides(train_epochs=200, train_patience=200))
     assert killer.fired.is_set()
     assert not first.succeeded and first.task("train-op").status == "FAILURE"
     assert failure_alerts(stack, "pipeline") and not failure_alerts(stack, "train")  # SIGKILL: no goodbye
