@@ -38,7 +38,8 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def run_stage(files: dict[str, Path], challenger: str, uri: str, name: str, out: Path):
-    return analyze_against_champion(files[challenger], files["holdout"], files["golden"], uri, name, 0.01, 0.02,
+    return analyze_against_champion(files[challenger], files["holdout"], files["golden"], uri, name,
+                                    0.01, 0.02, 2, 0.05,
                                     out / "report.md", out / "decision.json", out / "canary.npz")
 
 
@@ -49,9 +50,11 @@ def test_compares_with_the_version_the_alias_names(files, tracking_uri: str, tmp
     registry.promote("followed", "1", tracking_uri)  # the champion is model a, not the newer b
     result = run_stage(files, "c", tracking_uri, "followed", tmp_path)
 
-    direct = analyze(files["c"], files["a"], files["holdout"], files["golden"], 0.01, 0.02, tmp_path / "direct.md")
+    direct = analyze(files["c"], files["a"], files["holdout"], files["golden"], 0.01, 0.02, 2, 0.05,
+                     tmp_path / "direct.md")
     assert result.scores == direct.scores and (result.deploy, result.reasons) == (direct.deploy, direct.reasons)
-    other = analyze(files["c"], files["b"], files["holdout"], files["golden"], 0.01, 0.02, tmp_path / "other.md")
+    other = analyze(files["c"], files["b"], files["holdout"], files["golden"], 0.01, 0.02, 2, 0.05,
+                    tmp_path / "other.md")
     assert result.scores["champion"] != other.scores["champion"]  # a and b answer differently
 
     decision = json.loads((tmp_path / "decision.json").read_text())
