@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ctloop_app.kfp_docker import keep_exit_status
 from kubeflow_pipeline.kubernetes import MODEL_STORE_MOUNT, STORE_MOUNT
 
 if TYPE_CHECKING:
@@ -147,9 +148,11 @@ def stage_mounts(store_dir: Path, model_store: Path) -> list:
 def docker_runner(store_dir: Path, model_store: Path, environment: dict[str, str]) -> local.DockerRunner:
     """kfp.local's DockerRunner: each task in its component's image, on the host's network, with
     the prediction store and model store mounted and `environment` set. (DockerRunner refuses
-    `volumes=`, which it uses for the pipeline root; `mounts=` carries the claims.)"""
+    `volumes=`, which it uses for the pipeline root; `mounts=` carries the claims.) A task whose
+    container exits non-zero fails, however fast (ctloop_app.kfp_docker)."""
     from kfp import local
 
+    keep_exit_status()
     return local.DockerRunner(network_mode="host", mounts=stage_mounts(store_dir, model_store),
                               environment=dict(environment))
 
