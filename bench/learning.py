@@ -3,9 +3,11 @@
 the same steps as the pipeline — a drifted window of `recent_window` parts, B1 and B2
 pseudo-label it (kept where they agree and both are >= `confidence_threshold`), a stratified
 `val_ratio` holdout is set aside, the rest is repeated `new_sample_repeat` times and merged with
-the previous training set, and the champion architecture is trained with the champion recipe for
-`train_epochs` — against an oracle trained the same way on the TRUE labels of the whole window.
-Both are scored on the golden set drifted the same way: golden images never appear in a window.
+the previous training set, and the champion's family is trained with the champion recipe as the
+train stage trains it (early stopping, `train_epochs` as a ceiling, from the champion's weights
+with `warm_start`) — against an oracle trained the same way on the TRUE labels of the whole
+window. Both are scored on the golden set drifted the same way: golden images never appear in a
+window. It runs once per simulated line (digits, parts).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ctloop.drift import DriftKind, apply_drift
 from ctloop.images import ImageSet, stratified_split
 from ctloop.modelfile import load_model, predict_proba
 from ctloop.simulator import DriftSpec, ProductionLine
-from ctloop.training import RECIPES, accuracy, train_model, with_epochs
+from ctloop.training import RECIPES, accuracy, train_model
 
 
 def bench_learning(boot: BootstrapResult, settings: BenchSettings) -> dict[str, object]:
@@ -34,6 +36,9 @@ def bench_learning(boot: BootstrapResult, settings: BenchSettings) -> dict[str, 
         "severity": settings.severity,
         "window": settings.config.recent_window,
         "train_epochs": settings.config.train_epochs,
+        "image_size": list(golden.image_size),
+        "classes": len(golden.class_names),
+        "bootstrap_golden_accuracy": {role: round(score, 4) for role, score in boot.golden_accuracy.items()},
         "evaluated_on": f"golden set ({len(golden)} images) with the same drift",
         "kinds": {kind: _one_kind(kind, previous, golden, pool, models, settings) for kind in settings.drift_kinds},
     }
@@ -48,8 +53,8 @@ def _one_kind(kind: DriftKind, previous: ImageSet, golden: ImageSet, pool: Image
     keep, pseudo_labels = _consensus(models["b1"], models["b2"], window.images, config.confidence_threshold)
     train_index, _ = stratified_split(pseudo_labels, config.val_ratio, config.seed)
     pseudo = ImageSet(window.images[keep][train_index], pseudo_labels[train_index], window.class_names)
-    challenger = _retrain(pseudo, previous, settings)
-    oracle = _retrain(window, previous, settings)
+    challenger = _retrain(pseudo, previous, settings, models["champion"])
+    oracle = _retrain(window, previous, settings, models["champion"])
     new_accuracy, oracle_accuracy = accuracy(challenger, drifted), accuracy(oracle, drifted)
     return {
         "old_champion_accuracy": round(accuracy(models["champion"], drifted), 4),
@@ -78,12 +83,14 @@ def _consensus(b1: nn.Module, b2: nn.Module, images: np.ndarray, threshold: floa
     return keep, labels[keep]
 
 
-def _retrain(new: ImageSet, previous: ImageSet, settings: BenchSettings) -> nn.Module:
+def _retrain(new: ImageSet, previous: ImageSet, settings: BenchSettings, champion: nn.Module) -> nn.Module:
     """The train stage's recipe: new rows repeated `new_sample_repeat` times plus the previous set."""
     config = settings.config
     repeated = np.repeat(np.arange(len(new)), config.new_sample_repeat)
     data = ImageSet(np.concatenate([new.images[repeated], previous.images]),
                     np.concatenate([new.labels[repeated], previous.labels]), previous.class_names)
-    recipe = replace(with_epochs(RECIPES["champion"], config.train_epochs), seed=config.seed)
-    model, _ = train_model("champion", data, recipe, progress=False)
+    recipe = replace(RECIPES["champion"], epochs=config.train_epochs, seed=config.seed, family=config.champion_family,
+                     max_seconds=config.train_max_seconds or None, patience=config.train_patience)
+    initial = champion.state_dict() if config.warm_start else None
+    model, _ = train_model("champion", data, recipe, progress=False, initial_state=initial)
     return model

@@ -103,17 +103,23 @@ def _cycle(cycle: dict[str, Any]) -> str:
     ])
 
 
-def _learning(learning: dict[str, Any]) -> str:
-    rows = [[kind, row["old_champion_accuracy"], row["new_champion_accuracy"], row["oracle_accuracy"],
-             row["new_over_oracle"], row["pseudo_label_precision"], row["coverage"]]
-            for kind, row in learning["kinds"].items()]
-    return "\n\n".join([
-        f"**4. Learning quality** at severity {learning['severity']}, window {learning['window']}, "
-        f"{learning['train_epochs']} epochs; accuracy on the {learning['evaluated_on']}. The oracle is the same "
-        "recipe trained on the window's true labels.",
-        _table(["drift", "old champion", "new champion", "oracle", "new ÷ oracle", "pseudo-label precision",
-                "coverage (kept)"], rows),
-    ])
+def _learning(lines: dict[str, Any]) -> str:
+    parts = []
+    for name, learning in lines.items():
+        rows = [[kind, row["old_champion_accuracy"], row["new_champion_accuracy"], row["oracle_accuracy"],
+                 row["new_over_oracle"], row["pseudo_label_precision"], row["coverage"]]
+                for kind, row in learning["kinds"].items()]
+        size = "x".join(str(side) for side in learning["image_size"])
+        boot = ", ".join(f"{role} {score}" for role, score in learning["bootstrap_golden_accuracy"].items())
+        parts += [
+            f"**4. Learning quality, {name}** ({size}, {learning['classes']} classes; bootstrap golden accuracy "
+            f"{boot}) at severity {learning['severity']}, window {learning['window']}, at most "
+            f"{learning['train_epochs']} epochs; accuracy on the {learning['evaluated_on']}. The oracle is the same "
+            "recipe trained on the window's true labels.",
+            _table(["drift", "old champion", "new champion", "oracle", "new ÷ oracle", "pseudo-label precision",
+                    "coverage (kept)"], rows),
+        ]
+    return "\n\n".join(parts)
 
 
 def _deploy(deploy: dict[str, Any]) -> str:

@@ -33,8 +33,9 @@ from bench.report import markdown
 from bench.serving import bench_serving
 from bench.settings import FULL, TINY, BenchSettings
 from bench.timing import torch_threads
-from ctloop_app.bootstrap import bootstrap_digits
+from ctloop_app.bootstrap import bootstrap_digits, bootstrap_split
 from ctloop.images import ImageSet, write_atomic
+from ctloop.parts import parts_split
 from ctloop.simulator import DriftSpec, ProductionLine
 from ctloop_app.stack import install_models, local_stack
 
@@ -80,7 +81,13 @@ def run_bench(settings: BenchSettings, name: str, work: Path, say: Callable[[str
             stack.client, boot.model_files, drifted, settings.config.consensus_batch_size, settings.consensus_repeats))
         results["deploy"] = section("deploy", lambda: bench_deploy(
             stack, boot.model_files["champion"], golden.images[:32], bodies, settings.deploy_concurrency))
-    results["learning"] = section("learning", lambda: _one_thread(lambda: bench_learning(boot, settings)))
+    results["learning"] = {"digits": section("learning digits", lambda: _one_thread(lambda: bench_learning(boot, settings)))}
+    if "parts" in settings.lines:
+        parts = section("bootstrap parts", lambda: _one_thread(lambda: bootstrap_split(
+            parts_split(settings.seed, settings.parts_image_size, settings.parts_per_class), work / "parts",
+            settings.bootstrap_epochs, progress=False, config=settings.config)))
+        results["learning"]["parts"] = section("learning parts", lambda: _one_thread(
+            lambda: bench_learning(parts, settings)))
     loads["end"] = load_average()
     results["seconds"] = round(time.monotonic() - started, 1)
     return results

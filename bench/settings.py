@@ -55,6 +55,9 @@ class BenchSettings:
         config: the pipeline's parameters for the CT cycle and the learning benchmark.
         cycle_drift: drift kind that trips the monitor in the CT cycle.
         drift_kinds: drift kinds of the learning benchmark.
+        lines: the simulated lines of the learning benchmark (digits, parts).
+        parts_image_size: pixels a side of the parts line.
+        parts_per_class: images per class of the parts line (split 50/20/30).
         severity: drift severity of the cycle and the learning benchmark.
         deploy_concurrency: client threads sending requests during the deploy.
         mlflow_server: MLflow as a tracking server (as in `make run`) rather than its SQLite file.
@@ -71,6 +74,9 @@ class BenchSettings:
     config: PipelineConfig = field(default_factory=PipelineConfig)
     cycle_drift: DriftKind = "blur"
     drift_kinds: tuple[DriftKind, ...] = DRIFT_KINDS
+    lines: tuple[str, ...] = ("digits", "parts")
+    parts_image_size: int = 32
+    parts_per_class: int = 600
     severity: float = 1.0
     deploy_concurrency: int = 4
     mlflow_server: bool = True
@@ -93,6 +99,7 @@ TINY = BenchSettings(
                           min_improvement=-1.0, max_golden_regression=1.0, min_holdout_per_class=0,
                           evidence_level=1.0),
     drift_kinds=("blur",),
+    parts_per_class=40,
     deploy_concurrency=2,
     mlflow_server=False,
 )

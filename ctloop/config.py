@@ -16,7 +16,7 @@ import yaml
 
 DEFAULT_CONFIG_NAME = "ctloop.yaml"
 # The model families of ctloop.models (named here too: config is read by stages without torch).
-MODEL_FAMILIES = ("resnet", "dilated", "mixer")
+MODEL_FAMILIES = ("resnet", "dilated", "mixer", "gradient")
 
 
 class ConfigError(ValueError):
@@ -42,7 +42,7 @@ class PipelineConfig:
     warm_start: bool = True
     champion_family: str = "resnet"
     b1_family: str = "dilated"
-    b2_family: str = "mixer"
+    b2_family: str = "gradient"
     seed: int = 0
     min_improvement: float = 0.01
     max_golden_regression: float = 0.02

@@ -28,8 +28,8 @@ _MAX_GAIN_DROP = 0.6  # lighting: contrast falls to 40 %
 _MAX_BIAS = 0.05  # lighting: a faint grey veil, so the background is no longer pure black
 _LIGHTING_JITTER = 0.1  # lighting: per-image relative spread of gain and bias
 _MAX_BLUR_SIGMA = 1.0  # blur: Gaussian sigma in pixels
-_MAX_NOISE_STD = 0.2  # noise: Gaussian sensor noise
-_MAX_STUCK_FRACTION = 0.03  # noise: share of pixels stuck dark or bright
+_MAX_NOISE_STD = 0.2  # noise: Gaussian sensor noise, as a share of each image's contrast (max - min)
+_MAX_STUCK_PIXELS = 2.0  # noise: pixels stuck dark or bright per image (3 % of an 8x8 digit)
 _MAX_ANGLE_DEGREES = 20.0  # shift: per-image rotation in [-a, a]
 _MAX_OFFSET_FRACTION = 0.15  # shift: per-image translation, as a share of the image side
 
@@ -84,9 +84,15 @@ def _blur(images: np.ndarray, severity: float, rng: np.random.Generator) -> np.n
 
 
 def _noise(images: np.ndarray, severity: float, rng: np.random.Generator) -> np.ndarray:
-    """Sensor noise: Gaussian noise on every pixel plus a few pixels stuck dark or bright."""
-    noisy = images + rng.normal(0.0, _MAX_NOISE_STD * severity, images.shape).astype(np.float32)
-    stuck = rng.random(images.shape) < _MAX_STUCK_FRACTION * severity
+    """Sensor noise: Gaussian noise on every pixel plus a few pixels stuck dark or bright (a
+    count per image, not a share: on a 64x64 part a share tuned on 8x8 digits would scatter
+    ~120 dots that look like the holes and cracks a line inspects for). The Gaussian part scales
+    with the image's contrast, so severity 1 means the same signal-to-noise on a dim part on a
+    grey belt as on a white digit on black (whose contrast is 1)."""
+    contrast = (images.max(axis=(1, 2)) - images.min(axis=(1, 2)))[:, None, None]
+    noise = rng.normal(0.0, _MAX_NOISE_STD * severity, images.shape).astype(np.float32)
+    noisy = images + noise * contrast
+    stuck = rng.random(images.shape) < _MAX_STUCK_PIXELS * severity / (images.shape[1] * images.shape[2])
     noisy[stuck] = rng.integers(0, 2, int(stuck.sum())).astype(np.float32)
     return noisy
 
@@ -109,8 +115,12 @@ def _shift(images: np.ndarray, severity: float, rng: np.random.Generator) -> np.
     source_rows = cos * rows - sin * cols + (height - 1) / 2 - offset[0][:, None, None]
     source_cols = sin * rows + cos * cols + (width - 1) / 2 - offset[1][:, None, None]
     coordinates = np.stack([index, source_rows, source_cols])
-    # order=1 interpolates linearly, so no value leaves the input's range; outside is background.
-    return ndimage.map_coordinates(images, coordinates, order=1, mode="constant", cval=0.0)
+    # order=1 interpolates linearly, so no value leaves the input's range. What moved in from
+    # outside the frame is each image's median (the background: black for digits, the belt for
+    # parts), not black, which on a grey belt would be an artefact to learn.
+    shifted = ndimage.map_coordinates(images, coordinates, order=1, mode="constant", cval=np.nan)
+    background = np.median(images.reshape(n, -1), axis=1)[:, None, None]
+    return np.where(np.isnan(shifted), background, shifted)
 
 
 _DRIFTS = {"lighting": _lighting, "blur": _blur, "noise": _noise, "shift": _shift}

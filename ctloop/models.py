@@ -8,9 +8,11 @@ a defect a few pixels wide still reaches the classifier instead of being average
 - champion (`resnet`): a small residual CNN; it serves production, so it stays fast on one thread.
 - b1 (`dilated`): a plain CNN that standardises each image (brightness and contrast drift do not
   move its input) and widens its view with dilated convolutions instead of pooling.
-- b2 (`mixer`): a different family, an MLP-Mixer over raw pixel patches (linear patch embedding,
-  no pooling), so its mistakes are unlikely to coincide with B1's and their agreement carries
+- b2 (`gradient`): a different family, depthwise-separable convolutions over the image and its
+  Sobel gradients, so its mistakes are unlikely to coincide with B1's and their agreement carries
   information.
+- `mixer`, an MLP-Mixer over raw pixel patches, is a further family to choose: 0.99 on digits,
+  but 0.67 on the parts line, where 1,500 training images are too few for it.
 
 Every model takes float32 (N, 1, H, W) in [0, 1] and returns logits (N, classes).
 """
@@ -25,7 +27,7 @@ from torch import nn
 
 Role = Literal["champion", "b1", "b2"]
 ROLES: tuple[Role, ...] = ("champion", "b1", "b2")
-DEFAULT_FAMILIES: dict[Role, str] = {"champion": "resnet", "b1": "dilated", "b2": "mixer"}
+DEFAULT_FAMILIES: dict[Role, str] = {"champion": "resnet", "b1": "dilated", "b2": "gradient"}
 
 
 class Standardize(nn.Module):
@@ -140,10 +142,43 @@ class PatchMixer(nn.Module):
         return self.classifier(torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=1))
 
 
+class GradientSeparableCNN(nn.Module):
+    """Standardised input plus its horizontal and vertical gradients (fixed Sobel filters: thin
+    edges are what a defect is), through depthwise-separable convolutions whose dilation widens
+    the view at full resolution, one stride-2 step, and a mean-and-max head."""
+
+    def __init__(self, num_classes: int, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.standardize = Standardize()
+        sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4
+        self.register_buffer("gradients", torch.stack([sobel, sobel.t()]).unsqueeze(1))
+        stride = stem_stride(image_size, 32)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            separable(32, 32, dilation=2), separable(32, 48, dilation=4), separable(48, 64, stride=2),
+            MeanMaxPool(),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.standardize(x)
+        edges = nn.functional.conv2d(x, self.gradients, padding=1).abs()
+        return self.classifier(self.features(torch.cat([x, edges], dim=1)))
+
+
+def separable(inputs: int, outputs: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    """A depthwise 3x3 convolution, then a pointwise one, batch norm and ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(inputs, inputs, 3, stride=stride, padding=dilation, dilation=dilation, groups=inputs, bias=False),
+        nn.Conv2d(inputs, outputs, 1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU(),
+    )
+
+
 FAMILIES: dict[str, Callable[[int, tuple[int, int]], nn.Module]] = {
     "resnet": ResidualCNN,
     "dilated": DilatedCNN,
     "mixer": PatchMixer,
+    "gradient": GradientSeparableCNN,
 }
 
 

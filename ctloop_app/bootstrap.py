@@ -9,7 +9,8 @@ from ctloop.imagefolder import read_image_folder
 from ctloop.images import ImageDataError, ImageSet, stratified_split
 from ctloop.modelfile import ModelCard, load_model, save_model
 from ctloop.models import ROLES, Role
-from ctloop.simulator import digits_split
+from ctloop.parts import parts_split
+from ctloop.simulator import DigitsSplit, digits_split
 from ctloop.config import PipelineConfig
 from ctloop.training import RECIPES, accuracy, train_model
 
@@ -54,10 +55,24 @@ def bootstrap_digits(
     config: PipelineConfig | None = None,
 ) -> BootstrapResult:
     """Split the bundled digits, write the data sets and train the three models on clean data."""
+    return bootstrap_split(digits_split(seed), out_dir, epochs, progress, config)
+
+
+def bootstrap_parts(
+    out_dir: str | Path, seed: int = 0, image_size: int = 32, epochs: int | None = None, progress: bool = True,
+    config: PipelineConfig | None = None,
+) -> BootstrapResult:
+    """The same on the simulated parts line (ctloop.parts) at `image_size` pixels a side."""
+    return bootstrap_split(parts_split(seed, image_size), out_dir, epochs, progress, config)
+
+
+def bootstrap_split(
+    split: DigitsSplit, out_dir: str | Path, epochs: int | None = None, progress: bool = True,
+    config: PipelineConfig | None = None,
+) -> BootstrapResult:
+    """Write a simulated line's data sets under `out_dir/data` and train the three models."""
     out_dir = Path(out_dir)
-    split = digits_split(seed)
-    data_dir = out_dir / "data"
-    paths = {name: data_dir / f"{name}.npz" for name in ("train", "golden", "production")}
+    paths = {name: out_dir / "data" / f"{name}.npz" for name in ("train", "golden", "production")}
     split.train.save(paths["train"])
     split.golden.save(paths["golden"])
     split.production.save(paths["production"])

@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
 
     boot = commands.add_parser("bootstrap", help="train champion, B1 and B2 on clean data")
     boot.add_argument("--out", type=Path, default=Path("runs/bootstrap"))
-    boot.add_argument("--image-folder", type=Path, help="your labelled ImageFolder instead of digits")
+    boot.add_argument("--image-folder", type=Path, help="your labelled ImageFolder instead of a simulated line")
+    boot.add_argument("--line", choices=("digits", "parts"), default="digits",
+                      help="the simulated line without --image-folder: 8x8 digits, or machined parts with "
+                           "thin defects at --image-size (square)")
     boot.add_argument("--image-size", type=int, nargs=2, default=(32, 32), metavar=("H", "W"))
     boot.add_argument("--epochs", type=int, help="the most epochs per model (training stops earlier on its own)")
     boot.add_argument("--seed", type=int, default=0)
@@ -139,12 +142,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    from ctloop_app.bootstrap import bootstrap_digits, bootstrap_folder
+    from ctloop_app.bootstrap import bootstrap_digits, bootstrap_folder, bootstrap_parts
 
     config = load_config(args.config)
     if args.image_folder:
         result = bootstrap_folder(args.image_folder, tuple(args.image_size), args.out, args.seed, args.epochs,
                                   config=config)
+    elif args.line == "parts":
+        if args.image_size[0] != args.image_size[1]:
+            print(f"ctloop bootstrap: the parts line is square; got --image-size {args.image_size[0]} "
+                  f"{args.image_size[1]}", file=sys.stderr)
+            return 2
+        result = bootstrap_parts(args.out, args.seed, args.image_size[0], args.epochs, config=config)
     else:
         result = bootstrap_digits(args.out, args.seed, args.epochs, config=config)
     for role, path in result.model_files.items():

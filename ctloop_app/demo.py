@@ -8,7 +8,6 @@ deploys), plays more drifted traffic (yield recovers), and reports what happened
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +15,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ctloop import registry
 from ctloop_app.bootstrap import BootstrapFolderError, BootstrapResult, bootstrap_digits, load_bootstrap
 from ctloop.config import PipelineConfig
 from ctloop.drift import DriftKind
 from ctloop.images import ImageSet
-from ctloop.modelfile import load_model, predict_proba
 from ctloop.simulator import DriftSpec, ProductionLine
-from ctloop_app.stack import REGISTERED_MODEL, LocalStack, install_models, local_stack
+from ctloop_app.stack import LocalStack, install_models, local_stack
 from ctloop_app.traffic import Answer, Traffic
+from ctloop_app.figures import champion_accuracies
 from ctloop_app.local_run import LocalRun, run_cycle
 
 
@@ -92,7 +90,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
         story.cycle()
         final_version = stack.client.default_version("champion")
         last_parts = story.play("after retraining" if final_version != first_version else "drift, not retrained")
-        old_acc, new_acc = _compare_champions(stack.tracking_uri, first_version, final_version, last_parts)
+        scores = champion_accuracies(stack.tracking_uri, [first_version, final_version], last_parts)
     consensus = story.cycles[-1]["outputs"].get("consensus-op", {})
     return DemoSummary(
         settings={"seed": settings.seed, "drift_kind": settings.drift_kind, "drift_severity": settings.drift_severity,
@@ -101,8 +99,8 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
         cycles=story.cycles,
         champion_before=first_version,
         champion_after=final_version,
-        old_champion_accuracy_on_drift=old_acc,
-        new_champion_accuracy_on_drift=new_acc,
+        old_champion_accuracy_on_drift=scores[first_version],
+        new_champion_accuracy_on_drift=scores[final_version],
         pseudo_label_precision=consensus.get("pseudo_label_precision"),
         kept_share=consensus.get("kept_share"),
         timeline=story.timeline,
@@ -176,14 +174,3 @@ def _cycle_summary(run: LocalRun) -> dict[str, Any]:
         "outputs": outputs,
         "confusion_matrices": matrices,
     }
-
-
-def _compare_champions(tracking_uri: str, old: str, new: str, parts: ImageSet) -> tuple[float, float]:
-    """Accuracy of the first and the final champion, in-process, on the same drifted parts."""
-    scores = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for version in (old, new):
-            files = registry.download_version(REGISTERED_MODEL, version, Path(scratch) / version, tracking_uri)
-            model, _ = load_model(files.model_file)
-            scores.append(float((predict_proba(model, parts.images).argmax(axis=1) == parts.labels).mean()))
-    return scores[0], scores[1]

@@ -125,3 +125,31 @@ def test_bad_kind_or_severity_names_the_allowed_values(
 def test_images_outside_the_convention_are_refused() -> None:
     with pytest.raises(ImageDataError, match="apply_drift: expected float32 images, got uint8"):
         drift(np.zeros((2, 8, 8), np.uint8), "blur", 0.5)
+
+
+def test_shift_fills_what_moves_in_with_the_background_not_black() -> None:
+    """A part on a grey belt: the uncovered corners are belt grey, as a moved camera sees it."""
+    belt = np.full((50, 32, 32), 0.45, np.float32)
+    belt[:, 12:20, 12:20] = 0.8
+    shifted = apply_drift(belt, "shift", 1.0, np.random.default_rng(0))
+    assert shifted.min() >= 0.45 - 1e-6
+
+
+@pytest.mark.parametrize("side", [8, 32, 64])
+def test_noise_sticks_a_few_pixels_per_image_whatever_its_size(side: int, monkeypatch) -> None:
+    """Stuck pixels only (the Gaussian part switched off), counted per image."""
+    monkeypatch.setattr(ctloop.drift, "_MAX_NOISE_STD", 0.0)
+    grey = np.full((400, side, side), 0.5, np.float32)
+    noisy = apply_drift(grey, "noise", 1.0, np.random.default_rng(0))
+    stuck_per_image = ((noisy == 0.0) | (noisy == 1.0)).sum() / len(grey)
+    assert 1.5 < stuck_per_image < 2.5
+
+
+def test_sensor_noise_scales_with_the_images_contrast(monkeypatch) -> None:
+    """A dim part (contrast 0.25) gets a quarter of the noise of a full-range image."""
+    monkeypatch.setattr(ctloop.drift, "_MAX_STUCK_PIXELS", 0.0)
+    full = np.tile(np.linspace(0.0, 1.0, 32, dtype=np.float32), (200, 32, 1))
+    dim = 0.3 + 0.25 * full
+    spread = [float((apply_drift(images, "noise", 1.0, np.random.default_rng(0)) - images).std())
+              for images in (full, dim)]
+    assert spread[1] == pytest.approx(spread[0] / 4, rel=0.15)

@@ -34,7 +34,7 @@ def test_every_family_maps_its_input_size_to_class_logits(family: str, size: tup
 def test_build_model_rejects_unknown_role_family_and_single_class() -> None:
     with pytest.raises(ValueError, match="unknown model role 'b3'"):
         build_model("b3", 10, (8, 8))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="unknown model family 'vgg' for b1; expected one of resnet, dilated, mixer"):
+    with pytest.raises(ValueError, match="unknown model family 'vgg' for b1; expected one of resnet, dilated, mixer, gradient"):
         build_model("b1", 10, (8, 8), "vgg")
     with pytest.raises(ValueError, match="at least 2 classes, got 1"):
         build_model("champion", 1, (8, 8))
@@ -157,5 +157,5 @@ def test_the_config_names_every_family_and_checks_it() -> None:
     from ctloop.config import MODEL_FAMILIES, ConfigError, PipelineConfig
 
     assert MODEL_FAMILIES == tuple(FAMILIES)
-    with pytest.raises(ConfigError, match="b2_family must be one of resnet, dilated, mixer, got 'vgg'"):
+    with pytest.raises(ConfigError, match="b2_family must be one of resnet, dilated, mixer, gradient, got 'vgg'"):
         PipelineConfig(b2_family="vgg")

@@ -1,0 +1,44 @@
+"""Figures a user can judge a cycle by: what consensus and analyze reported, and how the old and
+the new champion do on parts whose true labels are known (the demo's simulator, the sub-folders
+of `ctloop run`'s production ImageFolder)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ctloop import registry
+from ctloop.images import ImageSet
+from ctloop.modelfile import load_model, predict_proba
+from ctloop_app.local_run import LocalRun
+from ctloop_app.stack import REGISTERED_MODEL
+
+
+def champion_accuracies(tracking_uri: str, versions: list[str], parts: ImageSet) -> dict[str, float]:
+    """Accuracy of each registered version on `parts`, in-process, by version."""
+    scores = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for version in dict.fromkeys(versions):
+            files = registry.download_version(REGISTERED_MODEL, version, Path(scratch) / version, tracking_uri)
+            model, _ = load_model(files.model_file)
+            scores[version] = float((predict_proba(model, parts.images).argmax(axis=1) == parts.labels).mean())
+    return scores
+
+
+def cycle_figures(run: LocalRun) -> dict[str, Any]:
+    """Consensus' kept share and pseudo-label precision (None without audited parts in the
+    window), and analyze's decision with its reasons; what did not run is left out."""
+    figures: dict[str, Any] = {}
+    consensus = run.task("consensus-op")
+    if consensus is not None and "metrics" in consensus.artifacts:
+        metrics = consensus.artifacts["metrics"]["metadata"]
+        figures["kept_share"] = metrics.get("kept_share")
+        figures["pseudo_label_precision"] = metrics.get("pseudo_label_precision")
+    analyze = run.task("analyze-op")
+    if analyze is not None and "decision" in analyze.artifacts:
+        decision = json.loads(Path(analyze.artifacts["decision"]["uri"]).read_text())
+        figures["deploy"], figures["reasons"] = decision["deploy"], decision["reasons"]
+    return figures
+
