@@ -28,9 +28,13 @@ def champion_accuracies(tracking_uri: str, versions: list[str], parts: ImageSet)
 
 
 def cycle_figures(run: LocalRun) -> dict[str, Any]:
-    """Consensus' kept share and pseudo-label precision (None without audited parts in the
-    window), and analyze's decision with its reasons; what did not run is left out."""
+    """The monitor's reason, consensus' kept share and pseudo-label precision (None without
+    audited parts in the window), and analyze's decision with its reasons; what did not run is
+    left out."""
     figures: dict[str, Any] = {}
+    monitor = run.task("monitor-op")
+    if monitor is not None and "decision" in monitor.artifacts:
+        figures["monitor"] = json.loads(Path(monitor.artifacts["decision"]["uri"]).read_text())["reason"]
     consensus = run.task("consensus-op")
     if consensus is not None and "metrics" in consensus.artifacts:
         metrics = consensus.artifacts["metrics"]["metadata"]

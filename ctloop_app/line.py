@@ -5,7 +5,8 @@ The bootstrapped models are served, the production ImageFolder is played through
 the pipeline runs once: it retrains and deploys only if the monitor and the analysis say so.
 What a user judges the cycle by is printed and written to `<work_dir>/run_summary.json`: the old
 and the new champion's accuracy on every production part (its sub-folder is its label), the
-consensus' kept share and pseudo-label precision, and analyze's decision with its reasons.
+monitor's reason, the consensus' kept share and pseudo-label precision, and analyze's decision
+with its reasons.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class LineResult:
                  f"v{self.champion_after}; stages: {', '.join(self.stages)}",
                  f"accuracy on the production parts (folder labels): champion v{self.champion_before} "
                  f"{self.old_champion_accuracy:.3f}, v{self.champion_after} {self.new_champion_accuracy:.3f}"]
+        if "monitor" in self.figures:
+            lines.append(f"monitor: {self.figures['monitor']}")
         if "kept_share" in self.figures:
             precision = self.figures["pseudo_label_precision"]
             lines.append(f"consensus kept {self.figures['kept_share']:.3f} of the window; pseudo-label precision "
