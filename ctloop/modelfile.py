@@ -34,6 +34,7 @@ class ModelCard:
     class_names: tuple[str, ...]
     image_size: tuple[int, int]
     architecture: str
+    atc_threshold: float | None = None  # ctloop.estimate; None in models saved before it existed
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -46,6 +47,7 @@ class ModelCard:
             class_names=tuple(str(name) for name in raw["class_names"]),
             image_size=(int(raw["image_size"][0]), int(raw["image_size"][1])),
             architecture=str(raw["architecture"]),
+            atc_threshold=None if raw.get("atc_threshold") is None else float(raw["atc_threshold"]),
         )
 
 
@@ -80,6 +82,16 @@ def load_model(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelCard]:
         raise ModelFileError(f"{path}: has no {CARD_NAME} card; was it written by ctloop?")
     module.eval()
     return module, ModelCard.from_json(extra[CARD_NAME])
+
+
+def fit_atc_threshold(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float | None:
+    """`model`'s ATC threshold (ctloop.estimate) on labelled images; None without any."""
+    from ctloop.estimate import atc_threshold
+
+    if len(images) == 0:
+        return None
+    probabilities = predict_proba(model, images)
+    return atc_threshold(probabilities.max(axis=1), probabilities.argmax(axis=1) == labels)
 
 
 @torch.inference_mode()

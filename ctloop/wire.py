@@ -71,11 +71,15 @@ def shard_name(model_name: str, model_version: str, writer: str, size: tuple[int
 
 
 def prediction_record(request_id: str, time: float, model_name: str, model_version: str, item: int,
-                      label: int, class_name: str, confidence: float, sample: str) -> dict[str, Any]:
+                      label: int, class_name: str, confidence: float, sample: str,
+                      atc_threshold: float | None = None) -> dict[str, Any]:
     """One line of the prediction log: one answered image and the reference to its stored input
-    (`<shard>#<index>`, index counted in records of that shard)."""
+    (`<shard>#<index>`, index counted in records of that shard), with the answering model's ATC
+    threshold (ctloop.estimate) when its card has one, so the monitor can estimate accuracy from
+    the log alone."""
     return {"request_id": request_id, "time": time, "model_name": model_name, "model_version": model_version,
-            "item": item, "label": label, "class_name": class_name, "confidence": confidence, "sample": sample}
+            "item": item, "label": label, "class_name": class_name, "confidence": confidence, "sample": sample,
+            "atc_threshold": atc_threshold}
 
 
 def record_problem(record: Any) -> str | None:

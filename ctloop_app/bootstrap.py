@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ctloop.imagefolder import read_image_folder
 from ctloop.images import ImageDataError, ImageSet, stratified_split
-from ctloop.modelfile import ModelCard, load_model, save_model
+from ctloop.modelfile import ModelCard, fit_atc_threshold, load_model, save_model
 from ctloop.models import ROLES, Role
 from ctloop.parts import parts_split
 from ctloop.simulator import DigitsSplit, digits_split
@@ -43,7 +43,8 @@ def bootstrap_models(
     for role in ROLES:
         recipe = replace(RECIPES[role], family=families[role], epochs=epochs or RECIPES[role].epochs)
         model, _ = train_model(role, train, recipe, progress=progress)
-        card = ModelCard(role, train.class_names, train.image_size, type(model).__name__)
+        card = ModelCard(role, train.class_names, train.image_size, type(model).__name__,
+                         fit_atc_threshold(model, golden.images, golden.labels))
         files[role] = models_dir / f"{role}.pt"
         save_model(model, card, files[role])
         scores[role] = accuracy(model, golden)

@@ -24,11 +24,13 @@ IMAGE_SIZE = (8, 8)
 
 
 def write_model(role: str, path: Path, seed: int = 0) -> Path:
-    """An untrained ctloop model file of `role` for 8x8 digits."""
+    """An untrained ctloop model file of `role` for 8x8 digits (its card's ATC threshold, 0.5, is
+    a stand-in: nothing is fitted)."""
     import torch
 
     torch.manual_seed(seed)
-    save_model(build_model(role, len(CLASS_NAMES), IMAGE_SIZE), ModelCard(role, CLASS_NAMES, IMAGE_SIZE, role), path)
+    card = ModelCard(role, CLASS_NAMES, IMAGE_SIZE, role, atc_threshold=0.5)
+    save_model(build_model(role, len(CLASS_NAMES), IMAGE_SIZE), card, path)
     return path
 
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
+from ctloop.estimate import atc_estimate
 from ctloop.images import write_atomic
 from ctloop.wire import FEEDBACK_NAME
 from serving.store import LOG_NAME, PredictionLogError, read_jsonl, read_predictions
@@ -42,6 +45,8 @@ class MonitorResult:
         reason: one sentence with the numbers behind the decision.
         truncated_tail: the log's last line was cut short (a writer died mid-line) and skipped.
         broken_lines: earlier lines that were not JSON (interrupted records), skipped.
+        estimated_accuracy: the champion's accuracy on the window estimated without labels (ATC,
+            ctloop.estimate, from the threshold its records carry); None when they carry none.
     """
 
     retrain: bool
@@ -54,6 +59,7 @@ class MonitorResult:
     reason: str
     truncated_tail: bool = False
     broken_lines: int = 0
+    estimated_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,6 +69,8 @@ class MonitorResult:
         figures = {"yield_value": self.yield_value, "window_size": float(self.window_size)}
         if self.baseline is not None:
             figures["baseline"] = self.baseline
+        if self.estimated_accuracy is not None:
+            figures["estimated_accuracy"] = self.estimated_accuracy
         return figures
 
 
@@ -164,16 +172,18 @@ def check_yield(
     mode: Mode = "accuracy" if covered else "confidence"
     value = _yield(window, mode, confidence, feedback)
     measure = _describe(mode, confidence, len(window), version)
-    tail_note = _skipped_note(truncated, broken)
+    estimated = _estimated_accuracy(window)
+    notes = _skipped_note(truncated, broken) + (
+        f"; estimated accuracy (ATC) {estimated:.3f}" if estimated is not None else "")
 
     if not full:
         return MonitorResult(
             retrain=False, yield_value=value, baseline=None, threshold_used=yield_threshold, mode=mode,
             window_size=len(window), model_version=version, truncated_tail=truncated,
-            broken_lines=len(broken),
+            broken_lines=len(broken), estimated_accuracy=estimated,
             reason=(
                 f"only {len(window)} of {recent_window} predictions by model version {version} so far "
-                f"(yield {value:.3f} as {measure}); waiting for a full window{tail_note}."
+                f"(yield {value:.3f} as {measure}); waiting for a full window{notes}."
             ),
         )
     if yield_threshold is not None:
@@ -191,9 +201,17 @@ def check_yield(
     return MonitorResult(
         retrain=retrain, yield_value=value, baseline=baseline, threshold_used=threshold, mode=mode,
         window_size=len(window), model_version=version, truncated_tail=truncated,
-            broken_lines=len(broken),
-        reason=f"yield {value:.3f} as {measure} {verdict}{tail_note}.",
+        broken_lines=len(broken), estimated_accuracy=estimated,
+        reason=f"yield {value:.3f} as {measure} {verdict}{notes}.",
     )
+
+
+def _estimated_accuracy(window: Sequence[dict[str, Any]]) -> float | None:
+    """ATC over the window, when every record carries its model's threshold (one version: one threshold)."""
+    thresholds = {record.get("atc_threshold") for record in window}
+    if not window or None in thresholds or len(thresholds) != 1:
+        return None
+    return atc_estimate(np.array([record["confidence"] for record in window]), thresholds.pop())
 
 
 def _skipped_note(truncated: bool, broken: list[int]) -> str:

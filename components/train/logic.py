@@ -28,7 +28,7 @@ from mlflow.entities import Metric, Param
 
 from ctloop import registry
 from ctloop.images import ImageSet
-from ctloop.modelfile import ModelCard, load_model, save_model
+from ctloop.modelfile import ModelCard, fit_atc_threshold, load_model, save_model
 from ctloop.models import DEFAULT_FAMILIES, FAMILIES
 from ctloop.registry import CHALLENGER
 from ctloop.training import RECIPES, EpochMetrics, accuracy, train_model
@@ -134,7 +134,9 @@ def train_challenger(
                      patience=patience)
     model, history = train_model(ROLE, train, config, val=holdout, on_epoch=on_epoch, progress=progress,
                                  initial_state=initial_state)
-    card = ModelCard(ROLE, train.class_names, train.image_size, type(model).__name__)
+    # ATC's labelled data: the pseudo-labelled holdout, the distribution the challenger is for.
+    atc = fit_atc_threshold(model, holdout.images, holdout.labels) if holdout is not None else None
+    card = ModelCard(ROLE, train.class_names, train.image_size, type(model).__name__, atc)
     out_model = Path(out_model)
     save_model(model, card, out_model)
 

@@ -30,7 +30,8 @@ class ChampionHandler(CtloopHandler):
         super().initialize(context)
         store_dir = os.environ.get("CTLOOP_STORE_DIR")
         self.log = (
-            PredictionLog(store_dir, self.model_name, self.model_version, self.image_size) if store_dir else None
+            PredictionLog(store_dir, self.model_name, self.model_version, self.image_size,
+                          self.card.get("atc_threshold")) if store_dir else None
         )
 
     def decode(self, body: object) -> np.ndarray:

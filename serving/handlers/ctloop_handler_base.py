@@ -203,9 +203,11 @@ class PredictionLog:
     that references it.
     """
 
-    def __init__(self, store_dir: str, model_name: str, model_version: str, size: tuple[int, int]) -> None:
+    def __init__(self, store_dir: str, model_name: str, model_version: str, size: tuple[int, int],
+                 atc_threshold: float | None = None) -> None:
         self.store_dir = store_dir
         self.model_name, self.model_version = model_name, model_version
+        self.atc_threshold = atc_threshold
         self.shard_ref = wire.shard_name(model_name, model_version, f"{os.getpid()}-{time.time_ns()}", size)
         self.sample_fd: int | None = None
         self.log_fd: int | None = None
@@ -229,7 +231,8 @@ class PredictionLog:
         lines = []
         for item, (label, name, confidence) in enumerate(zip(labels, names, confidences)):
             record = wire.prediction_record(request_id, now, self.model_name, self.model_version, item, label,
-                                            name, confidence, f"{self.shard_ref}#{self.count + item}")
+                                            name, confidence, f"{self.shard_ref}#{self.count + item}",
+                                            self.atc_threshold)
             lines.append(json.dumps(record) + "\n")
         self.count += len(labels)
         write_whole(self.log_fd, _line_start(self.log_fd) + "".join(lines).encode("utf-8"))

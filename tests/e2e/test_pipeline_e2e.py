@@ -44,7 +44,10 @@ def test_drift_retrains_and_deploys_a_better_champion_despite_slack_500_and_a_cu
     run = cycle(stack, boot, tmp_path, SMALL)
     assert run.succeeded, run.error
     assert run.task("deploy-op").parameters == {"old_version": "1", "new_version": "2"}
-    assert run.task("monitor-op").artifacts["metrics"]["metadata"]["window_size"] == WINDOW
+    monitored = run.task("monitor-op").artifacts["metrics"]["metadata"]
+    # The served champion's records carry its card's ATC threshold (fitted on the golden set at
+    # bootstrap, accuracy 0.98 there): on the drifted window the estimate falls with the accuracy.
+    assert monitored["window_size"] == WINDOW and 0.0 < monitored["estimated_accuracy"] < 0.9
     consensus = run.task("consensus-op").artifacts["metrics"]["metadata"]
     assert consensus["kept"] >= 50 and consensus["pseudo_label_precision"] > 0.9
     analyze = run.task("analyze-op")

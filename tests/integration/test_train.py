@@ -58,6 +58,7 @@ def test_trains_logs_and_registers_the_challenger(
     assert card.role == "champion"
     assert card.class_names == tuple(str(digit) for digit in range(10))
     assert card.image_size == (8, 8)
+    assert 0.0 < card.atc_threshold < 1.0  # fitted on the holdout, for the monitor's estimate
     assert set(result.metrics) == {"loss", "train_accuracy", "val_accuracy", "train_seconds", "epochs_run"}
     assert 0.0 <= result.metrics["val_accuracy"] <= 1.0
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from ctloop import wire
+from ctloop.modelfile import load_model
 from ctloop.wire import encode_batch
 from serving import store
 from serving.archive import HANDLER_DIR
@@ -128,6 +129,9 @@ def test_champion_logs_predictions_but_not_canaries(
     assert [(record["request_id"], record["item"], record["model_version"]) for record in records] == [
         ("req-0", 0, "7"), ("req-0", 1, "7")]
     assert np.array_equal(store.load_samples(tmp_path / "store", [r["sample"] for r in records]), images)
+    # The card's ATC threshold rides along, so the monitor can estimate accuracy from the log.
+    threshold = load_model(model_files["champion"])[1].atc_threshold
+    assert threshold is not None and [record["atc_threshold"] for record in records] == [threshold, threshold]
 
 
 def test_store_reports_a_truncated_last_line(tmp_path: Path) -> None:

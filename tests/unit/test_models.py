@@ -159,3 +159,10 @@ def test_the_config_names_every_family_and_checks_it() -> None:
     assert MODEL_FAMILIES == tuple(FAMILIES)
     with pytest.raises(ConfigError, match="b2_family must be one of resnet, dilated, mixer, gradient, got 'vgg'"):
         PipelineConfig(b2_family="vgg")
+
+
+def test_a_card_written_before_atc_thresholds_still_loads() -> None:
+    card = ModelCard.from_json('{"role": "champion", "class_names": ["a", "b"], "image_size": [8, 8], '
+                               '"architecture": "ChampionNet"}')
+    assert card.atc_threshold is None
+    assert ModelCard.from_json(ModelCard("b1", ("a", "b"), (8, 8), "DilatedCNN", 0.42).to_json()).atc_threshold == 0.42

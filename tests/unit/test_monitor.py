@@ -285,3 +285,21 @@ def test_metrics_carry_the_baseline_only_when_there_is_one(prediction_store):
     baseline = run(prediction_store.log_path, yield_threshold=None)
     assert baseline.metrics() == {"yield_value": 0.9, "window_size": 10.0, "baseline": 0.9}
     assert all(type(value) is float for value in baseline.metrics().values())
+
+
+def test_the_atc_threshold_in_the_records_gives_an_estimated_accuracy(prediction_store):
+    """Records carry their model's ATC threshold (0.6 here): 7 of 10 above it estimate 0.7, while
+    the confidence yield (>= 0.9) is 0.5."""
+    prediction_store.log_many([0.95] * 5 + [0.65] * 2 + [0.3] * 3, atc_threshold=0.6)
+    result = run(prediction_store.log_path)
+    assert result.estimated_accuracy == pytest.approx(0.7)
+    assert result.metrics()["estimated_accuracy"] == pytest.approx(0.7)
+    assert "; estimated accuracy (ATC) 0.700." in result.reason
+
+
+def test_no_estimate_from_records_without_a_threshold(prediction_store):
+    prediction_store.log_many([0.95] * 5, atc_threshold=0.6)
+    prediction_store.log_many([0.95] * 10)  # a model saved before cards had one
+    result = run(prediction_store.log_path)
+    assert result.estimated_accuracy is None and "estimated" not in result.reason
+    assert "estimated_accuracy" not in result.metrics()
