@@ -30,6 +30,7 @@ class PipelineConfig:
     yield_drop_tolerance: float = 0.05
     yield_floor: float = 0.6
     yield_confidence: float = 0.9
+    trigger: str = "yield"
     merge_previous: bool = True
     min_samples: int = 50
     confidence_threshold: float = 0.7
@@ -62,6 +63,8 @@ class PipelineConfig:
         _check_range("min_improvement", self.min_improvement, -1.0, 1.0)
         if not 0.0 < self.evidence_level <= 1.0:
             raise ConfigError(f"evidence_level must be in (0.0, 1.0], got {self.evidence_level}")
+        if self.trigger not in ("yield", "estimated_accuracy"):
+            raise ConfigError(f"trigger must be yield or estimated_accuracy, got {self.trigger!r}")
         for name in ("champion_family", "b1_family", "b2_family"):
             if getattr(self, name) not in MODEL_FAMILIES:
                 raise ConfigError(f"{name} must be one of {', '.join(MODEL_FAMILIES)}, got {getattr(self, name)!r}")

@@ -11,6 +11,7 @@ def monitor_op(
     yield_drop_tolerance: float,
     yield_floor: float,
     yield_confidence: float,
+    trigger: str,
     run_name: str,
     window: Output[Dataset],
     decision: Output[Artifact],
@@ -26,6 +27,7 @@ def monitor_op(
         yield_drop_tolerance: baseline rule: allowed drop below the champion's baseline yield.
         yield_floor: baseline rule: never tolerate a yield below this.
         yield_confidence: confidence at which a prediction counts towards yield.
+        trigger: "yield", or "estimated_accuracy" to compare the ATC estimate instead.
         run_name: the pipeline run, for alerts.
         window: the window's prediction records (JSON lines), for collect.
         decision: the decision and its figures (JSON), for the Slack message.
@@ -39,7 +41,7 @@ def monitor_op(
     with alert_on_failure("monitor", run_name):
         result = check_store_yield(Path(store_dir), recent_window, yield_threshold, use_yield_threshold,
                                    yield_drop_tolerance, yield_floor, yield_confidence, Path(window.path),
-                                   Path(decision.path))
+                                   Path(decision.path), trigger)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
     return result.retrain

@@ -27,7 +27,8 @@ from serving.store import LOG_NAME, PredictionLogError, read_jsonl, read_predict
 __all__ = ["MonitorResult", "PredictionLogError", "check_store_yield", "check_yield"]
 
 
-Mode = Literal["confidence", "accuracy"]
+Mode = Literal["confidence", "accuracy", "estimated_accuracy"]
+TRIGGERS = ("yield", "estimated_accuracy")
 
 @dataclass(frozen=True)
 class MonitorResult:
@@ -39,7 +40,8 @@ class MonitorResult:
         baseline: yield of the champion's first full window; None when a fixed threshold is used
             or the window is not full.
         threshold_used: the value the yield was compared with; None when there was no comparison.
-        mode: "confidence" or "accuracy" (ground-truth feedback covered the window).
+        mode: "confidence", "accuracy" (ground-truth feedback covered the window) or
+            "estimated_accuracy" (trigger "estimated_accuracy" and the records carry an ATC threshold).
         window_size: predictions in the window.
         model_version: the champion version whose predictions form the window.
         reason: one sentence with the numbers behind the decision.
@@ -84,6 +86,7 @@ def check_store_yield(
     confidence: float,
     window_out: Path,
     decision_out: Path,
+    trigger: str = "yield",
 ) -> MonitorResult:
     """The monitor stage on a prediction store: check_yield over its log, with its feedback when
     there is any, writing the window (for collect) and the decision as JSON (for notify).
@@ -103,6 +106,8 @@ def check_store_yield(
         window_out: where to write the window's records (JSONL).
         decision_out: where to write MonitorResult.to_dict() (JSON); notify's announce_retrain
             reads it.
+        trigger: "yield", or "estimated_accuracy" to compare the ATC estimate instead of the
+            confidence yield (ground-truth feedback, when it covers the window, wins either way).
 
     Returns:
         The decision and its figures; its reason is also printed, for the stage's log.
@@ -112,7 +117,7 @@ def check_store_yield(
     result = check_yield(
         store_dir / LOG_NAME, recent_window, yield_threshold if use_yield_threshold else None,
         yield_drop_tolerance, yield_floor, confidence,
-        feedback_log=feedback if feedback.exists() else None, window_out=Path(window_out),
+        feedback_log=feedback if feedback.exists() else None, window_out=Path(window_out), trigger=trigger,
     )
     write_atomic(Path(decision_out), json.dumps(result.to_dict()).encode("utf-8"))
     print(result.reason)
@@ -128,6 +133,7 @@ def check_yield(
     confidence: float,
     feedback_log: Path | None = None,
     window_out: Path | None = None,
+    trigger: str = "yield",
 ) -> MonitorResult:
     """Decide whether the champion's recent yield calls for retraining.
 
@@ -152,6 +158,8 @@ def check_yield(
         ValueError: a parameter is out of range.
     """
     _check_parameters(recent_window, yield_threshold, yield_drop_tolerance, yield_floor, confidence)
+    if trigger not in TRIGGERS:
+        raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, got {trigger!r}")
     records, truncated, broken = read_predictions(prediction_log)
     if not records:
         raise PredictionLogError(
@@ -169,12 +177,16 @@ def check_yield(
     full = len(window) == recent_window
     needed = window + (baseline_window if yield_threshold is None and full else [])
     covered = bool(feedback) and all(_key(record) in feedback for record in needed)
-    mode: Mode = "accuracy" if covered else "confidence"
+    estimable = _estimated_accuracy(needed) is not None
+    mode: Mode = "accuracy" if covered else "estimated_accuracy" if trigger != "yield" and estimable else "confidence"
     value = _yield(window, mode, confidence, feedback)
     measure = _describe(mode, confidence, len(window), version)
     estimated = _estimated_accuracy(window)
-    notes = _skipped_note(truncated, broken) + (
-        f"; estimated accuracy (ATC) {estimated:.3f}" if estimated is not None else "")
+    notes = _skipped_note(truncated, broken)
+    if mode == "confidence" and trigger != "yield":
+        notes += "; trigger estimated_accuracy, but the records carry no ATC threshold: confidence yield used"
+    if estimated is not None and mode != "estimated_accuracy":
+        notes += f"; estimated accuracy (ATC) {estimated:.3f}"
 
     if not full:
         return MonitorResult(
@@ -250,6 +262,8 @@ def _yield(records: Sequence[dict[str, Any]], mode: Mode, confidence: float,
            feedback: dict[tuple[str, int], int]) -> float:
     if not records:
         return 0.0
+    if mode == "estimated_accuracy":
+        return _estimated_accuracy(records)
     if mode == "accuracy":
         hits = sum(record["label"] == feedback[_key(record)] for record in records)
     else:
@@ -258,7 +272,8 @@ def _yield(records: Sequence[dict[str, Any]], mode: Mode, confidence: float,
 
 
 def _describe(mode: Mode, confidence: float, count: int, version: str) -> str:
-    what = "accuracy against feedback" if mode == "accuracy" else f"share with confidence >= {confidence:.2f}"
+    what = {"accuracy": "accuracy against feedback", "estimated_accuracy": "accuracy estimated by ATC"}.get(
+        mode, f"share with confidence >= {confidence:.2f}")
     return f"{what} over the last {count} predictions of model version {version}"
 
 

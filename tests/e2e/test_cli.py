@@ -64,7 +64,7 @@ def test_bootstrap_and_run_on_a_users_image_folder(tmp_path: Path, capsys) -> No
     assert 0.3 < figures["kept_share"] <= 1 and figures["pseudo_label_precision"] > 0.9 and figures["deploy"]
     assert f"pseudo-label precision on audited parts {figures['pseudo_label_precision']:.3f}" in out
     assert f"analyze: {figures['reasons'][0]}" in out
-    assert f"monitor: {figures['monitor']}" in out and ": retrain." in figures["monitor"]
+    assert f"monitor: {figures['monitor']}" in out and "is below the threshold 0.700: retrain" in figures["monitor"]
 
 
 def test_run_names_a_broken_production_file(tmp_path: Path, capsys) -> None:

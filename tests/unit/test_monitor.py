@@ -303,3 +303,23 @@ def test_no_estimate_from_records_without_a_threshold(prediction_store):
     result = run(prediction_store.log_path)
     assert result.estimated_accuracy is None and "estimated" not in result.reason
     assert "estimated_accuracy" not in result.metrics()
+
+
+def test_the_estimated_accuracy_trigger_compares_the_estimate(prediction_store):
+    """Confidence yield 0.8 would not retrain at 0.7; the ATC estimate 0.6 does."""
+    prediction_store.log_many([0.95] * 6 + [0.92] * 2 + [0.3] * 2, atc_threshold=0.93)
+    result = run(prediction_store.log_path, trigger="estimated_accuracy")
+    assert (result.mode, result.retrain) == ("estimated_accuracy", True)
+    assert result.yield_value == pytest.approx(0.6) == result.estimated_accuracy
+    assert result.reason == ("yield 0.600 as accuracy estimated by ATC over the last 10 predictions of model "
+                             "version 1 is below the threshold 0.700: retrain.")
+    assert run(prediction_store.log_path).retrain is False  # the yield trigger: 0.8
+
+
+def test_the_estimated_accuracy_trigger_without_thresholds_uses_yield_and_says_so(prediction_store):
+    prediction_store.log_many([0.95] * 10)
+    result = run(prediction_store.log_path, trigger="estimated_accuracy")
+    assert result.mode == "confidence" and result.yield_value == 1.0
+    assert "trigger estimated_accuracy, but the records carry no ATC threshold: confidence yield used" in result.reason
+    with pytest.raises(ValueError, match="trigger must be one of yield, estimated_accuracy, got 'vibes'"):
+        run(prediction_store.log_path, trigger="vibes")
