@@ -49,6 +49,9 @@ class MonitorResult:
         broken_lines: earlier lines that were not JSON (interrupted records), skipped.
         estimated_accuracy: the champion's accuracy on the window estimated without labels (ATC,
             ctloop.estimate, from the threshold its records carry); None when they carry none.
+        audited: the window's predictions with ground-truth feedback (audited parts).
+        audited_accuracy: the champion's accuracy on those, the truth to hold the estimate
+            against; None without any.
     """
 
     retrain: bool
@@ -62,6 +65,8 @@ class MonitorResult:
     truncated_tail: bool = False
     broken_lines: int = 0
     estimated_accuracy: float | None = None
+    audited: int = 0
+    audited_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,6 +78,9 @@ class MonitorResult:
             figures["baseline"] = self.baseline
         if self.estimated_accuracy is not None:
             figures["estimated_accuracy"] = self.estimated_accuracy
+        if self.audited_accuracy is not None:
+            figures["audited_accuracy"] = self.audited_accuracy
+            figures["audited"] = float(self.audited)
         return figures
 
 
@@ -187,12 +195,17 @@ def check_yield(
         notes += "; trigger estimated_accuracy, but the records carry no ATC threshold: confidence yield used"
     if estimated is not None and mode != "estimated_accuracy":
         notes += f"; estimated accuracy (ATC) {estimated:.3f}"
+    audited = [record for record in window if _key(record) in feedback]
+    audited_accuracy = _yield(audited, "accuracy", confidence, feedback) if audited else None
+    if audited_accuracy is not None and mode != "accuracy":
+        notes += f"; accuracy on the {len(audited)} audited parts {audited_accuracy:.3f}"
+    figures = dict(estimated_accuracy=estimated, audited=len(audited), audited_accuracy=audited_accuracy)
 
     if not full:
         return MonitorResult(
             retrain=False, yield_value=value, baseline=None, threshold_used=yield_threshold, mode=mode,
             window_size=len(window), model_version=version, truncated_tail=truncated,
-            broken_lines=len(broken), estimated_accuracy=estimated,
+            broken_lines=len(broken), **figures,
             reason=(
                 f"only {len(window)} of {recent_window} predictions by model version {version} so far "
                 f"(yield {value:.3f} as {measure}); waiting for a full window{notes}."
@@ -213,7 +226,7 @@ def check_yield(
     return MonitorResult(
         retrain=retrain, yield_value=value, baseline=baseline, threshold_used=threshold, mode=mode,
         window_size=len(window), model_version=version, truncated_tail=truncated,
-        broken_lines=len(broken), estimated_accuracy=estimated,
+        broken_lines=len(broken), **figures,
         reason=f"yield {value:.3f} as {measure} {verdict}{notes}.",
     )
 

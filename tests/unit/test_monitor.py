@@ -323,3 +323,17 @@ def test_the_estimated_accuracy_trigger_without_thresholds_uses_yield_and_says_s
     assert "trigger estimated_accuracy, but the records carry no ATC threshold: confidence yield used" in result.reason
     with pytest.raises(ValueError, match="trigger must be one of yield, estimated_accuracy, got 'vibes'"):
         run(prediction_store.log_path, trigger="vibes")
+
+
+def test_audited_parts_hold_the_estimate_against_the_truth(prediction_store, tmp_path):
+    """Audit labels on 4 of the 10 (3 right): reported beside the ATC estimate, so a user sees
+    how far to trust the estimate; the yield stays the confidence share (feedback is partial)."""
+    records = prediction_store.log_many([0.99] * 8 + [0.5] * 2, label=1, atc_threshold=0.6)
+    feedback = tmp_path / "feedback.jsonl"
+    feedback.write_text("".join(json.dumps({"request_id": r["request_id"], "label": t}) + "\n"
+                                for r, t in zip(records[:4], [1, 1, 1, 0])))
+    result = run(prediction_store.log_path, feedback_log=feedback)
+    assert (result.mode, result.estimated_accuracy, result.audited, result.audited_accuracy) == (
+        "confidence", 0.8, 4, 0.75)
+    assert result.reason.endswith("; estimated accuracy (ATC) 0.800; accuracy on the 4 audited parts 0.750.")
+    assert result.metrics()["audited_accuracy"] == 0.75 and result.metrics()["audited"] == 4.0
