@@ -17,6 +17,8 @@ import yaml
 DEFAULT_CONFIG_NAME = "ctloop.yaml"
 # The model families of ctloop.models (named here too: config is read by stages without torch).
 MODEL_FAMILIES = ("resnet", "dilated", "mixer", "gradient")
+# What the monitor's threshold or baseline rule applies to (components.monitor).
+TRIGGERS = ("yield", "estimated_accuracy")
 
 
 class ConfigError(ValueError):
@@ -63,8 +65,8 @@ class PipelineConfig:
         _check_range("min_improvement", self.min_improvement, -1.0, 1.0)
         if not 0.0 < self.evidence_level <= 1.0:
             raise ConfigError(f"evidence_level must be in (0.0, 1.0], got {self.evidence_level}")
-        if self.trigger not in ("yield", "estimated_accuracy"):
-            raise ConfigError(f"trigger must be yield or estimated_accuracy, got {self.trigger!r}")
+        if self.trigger not in TRIGGERS:
+            raise ConfigError(f"trigger must be {' or '.join(TRIGGERS)}, got {self.trigger!r}")
         for name in ("champion_family", "b1_family", "b2_family"):
             if getattr(self, name) not in MODEL_FAMILIES:
                 raise ConfigError(f"{name} must be one of {', '.join(MODEL_FAMILIES)}, got {getattr(self, name)!r}")

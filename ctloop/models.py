@@ -152,9 +152,8 @@ class GradientSeparableCNN(nn.Module):
         self.standardize = Standardize()
         sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4
         self.register_buffer("gradients", torch.stack([sobel, sobel.t()]).unsqueeze(1))
-        stride = stem_stride(image_size, 32)
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            conv_bn(3, 32, stem_stride(image_size, 32)), nn.ReLU(),
             separable(32, 32, dilation=2), separable(32, 48, dilation=4), separable(48, 64, stride=2),
             MeanMaxPool(),
         )

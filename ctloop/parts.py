@@ -20,18 +20,15 @@ from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage
-from sklearn.model_selection import train_test_split
 
 from ctloop.images import ImageSet
-from ctloop.simulator import DigitsSplit
+from ctloop.simulator import DigitsSplit, stratified_line_split
 
 __all__ = ["PART_CLASSES", "parts_images", "parts_split"]
 
 PART_CLASSES: tuple[str, ...] = ("ok", "scratch", "hole", "crack", "chipped")
 _OK, _SCRATCH, _HOLE, _CRACK, _CHIPPED = range(len(PART_CLASSES))
 
-_TRAIN_FRACTION = 0.5  # the same 50/20/30 as digits_split, so both lines feed the loop alike
-_GOLDEN_FRACTION = 0.2
 _REFERENCE_SIZE = 32  # sizes in pixels below are for 32x32 images and scale with the image
 # Parts stay within 0.35 of the side from the centre, so that the camera shift of ctloop.drift at
 # severity 1 (15 % of the side, plus rotation) leaves the whole part, and its defect, in view.
@@ -100,19 +97,7 @@ def parts_split(seed: int = 0, image_size: int = 32, per_class: int = 600) -> Di
     rng = np.random.default_rng([seed, 0])
     labels = rng.permutation(np.repeat(np.arange(len(PART_CLASSES), dtype=np.int64), per_class))
     everything = ImageSet(parts_images(labels, image_size, seed), labels, PART_CLASSES)
-    index = np.arange(len(labels))
-    train, rest = train_test_split(index, train_size=_TRAIN_FRACTION, stratify=labels, random_state=seed)
-    golden, production = train_test_split(
-        rest,
-        train_size=_GOLDEN_FRACTION / (1.0 - _TRAIN_FRACTION),
-        stratify=labels[rest],
-        random_state=seed,
-    )
-    return DigitsSplit(
-        train=everything.subset(np.sort(train)),
-        golden=everything.subset(np.sort(golden)),
-        production=everything.subset(np.sort(production)),
-    )
+    return stratified_line_split(everything, seed)
 
 
 def parts_images(labels: np.ndarray, image_size: int = 32, seed: int = 0) -> np.ndarray:

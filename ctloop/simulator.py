@@ -44,9 +44,15 @@ def digits_split(seed: int = 0) -> DigitsSplit:
     images = (digits.images / _DIGITS_MAX).astype(np.float32)
     labels = digits.target.astype(np.int64)
     everything = ImageSet(images, labels, tuple(str(name) for name in digits.target_names))
-    index = np.arange(len(labels))
+    return stratified_line_split(everything, seed)
+
+
+def stratified_line_split(everything: ImageSet, seed: int) -> DigitsSplit:
+    """Train (50 %), golden (20 %) and production (30 %) parts of a simulated line's images,
+    stratified by class; each part keeps the images' order."""
+    labels = everything.labels
     train, rest = train_test_split(
-        index, train_size=_TRAIN_FRACTION, stratify=labels, random_state=seed
+        np.arange(len(labels)), train_size=_TRAIN_FRACTION, stratify=labels, random_state=seed
     )
     golden, production = train_test_split(
         rest,

@@ -128,7 +128,7 @@ def _stopping_split(data: ImageSet, share: float, seed: int) -> tuple[ImageSet, 
     _, group = np.unique(data.images.reshape(len(data), -1), axis=0, return_inverse=True)
     group = group.reshape(-1)
     first = np.unique(group, return_index=True)[1]
-    fit_groups, stop_groups = stratified_split(data.labels[first], share, seed)
+    _, stop_groups = stratified_split(data.labels[first], share, seed)
     held = np.isin(group, group[first][stop_groups])
     if not held.any() or held.all():
         return data, None

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ctloop.config import PipelineConfig
 from ctloop.imagefolder import read_image_folder
 from ctloop.images import ImageDataError, ImageSet, stratified_split
 from ctloop.modelfile import ModelCard, fit_atc_threshold, load_model, save_model
 from ctloop.models import ROLES, Role
 from ctloop.parts import parts_split
 from ctloop.simulator import DigitsSplit, digits_split
-from ctloop.config import PipelineConfig
 from ctloop.training import RECIPES, accuracy, train_model
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from ctloop import registry
 from ctloop.images import ImageSet
-from ctloop.modelfile import load_model, predict_proba
+from ctloop.modelfile import load_model
+from ctloop.training import accuracy
 from ctloop_app.local_run import LocalRun
 from ctloop_app.stack import REGISTERED_MODEL
 
@@ -22,8 +23,7 @@ def champion_accuracies(tracking_uri: str, versions: list[str], parts: ImageSet)
     with tempfile.TemporaryDirectory() as scratch:
         for version in dict.fromkeys(versions):
             files = registry.download_version(REGISTERED_MODEL, version, Path(scratch) / version, tracking_uri)
-            model, _ = load_model(files.model_file)
-            scores[version] = float((predict_proba(model, parts.images).argmax(axis=1) == parts.labels).mean())
+            scores[version] = accuracy(load_model(files.model_file)[0], parts)
     return scores
 
 

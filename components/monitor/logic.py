@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ctloop.config import TRIGGERS
 from ctloop.estimate import atc_estimate
 from ctloop.images import write_atomic
 from ctloop.wire import FEEDBACK_NAME
@@ -28,7 +29,6 @@ __all__ = ["MonitorResult", "PredictionLogError", "check_store_yield", "check_yi
 
 
 Mode = Literal["confidence", "accuracy", "estimated_accuracy"]
-TRIGGERS = ("yield", "estimated_accuracy")
 
 @dataclass(frozen=True)
 class MonitorResult:
