@@ -60,6 +60,8 @@ class DemoSummary:
     new_champion_accuracy_on_drift: float
     pseudo_label_precision: float | None
     kept_share: float | None
+    estimated_accuracy: float | None
+    estimated_branch_accuracy: float | None
     timeline: list[tuple[int, float, str]]
     confusion_matrices: dict[str, dict[str, Any]]
     seconds: float
@@ -91,6 +93,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
         final_version = stack.client.default_version("champion")
         last_parts = story.play("after retraining" if final_version != first_version else "drift, not retrained")
         scores = champion_accuracies(stack.tracking_uri, [first_version, final_version], last_parts)
+    monitor = story.cycles[-1]["outputs"].get("monitor-op", {})
     consensus = story.cycles[-1]["outputs"].get("consensus-op", {})
     return DemoSummary(
         settings={"seed": settings.seed, "drift_kind": settings.drift_kind, "drift_severity": settings.drift_severity,
@@ -103,6 +106,8 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
         new_champion_accuracy_on_drift=scores[final_version],
         pseudo_label_precision=consensus.get("pseudo_label_precision"),
         kept_share=consensus.get("kept_share"),
+        estimated_accuracy=monitor.get("estimated_accuracy"),
+        estimated_branch_accuracy=consensus.get("estimated_branch_accuracy"),
         timeline=story.timeline,
         confusion_matrices=story.cycles[-1]["confusion_matrices"],
         seconds=time.monotonic() - started,

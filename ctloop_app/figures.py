@@ -28,18 +28,19 @@ def champion_accuracies(tracking_uri: str, versions: list[str], parts: ImageSet)
 
 
 def cycle_figures(run: LocalRun) -> dict[str, Any]:
-    """The monitor's reason, consensus' kept share and pseudo-label precision (None without
-    audited parts in the window), and analyze's decision with its reasons; what did not run is
-    left out."""
+    """The monitor's reason and ATC estimate; consensus' kept share, pseudo-label precision and
+    the branches' estimated and audited accuracy (None without audited parts in the window); and
+    analyze's decision with its reasons. What did not run is left out."""
     figures: dict[str, Any] = {}
     monitor = run.task("monitor-op")
     if monitor is not None and "decision" in monitor.artifacts:
-        figures["monitor"] = json.loads(Path(monitor.artifacts["decision"]["uri"]).read_text())["reason"]
+        decision = json.loads(Path(monitor.artifacts["decision"]["uri"]).read_text())
+        figures["monitor"], figures["estimated_accuracy"] = decision["reason"], decision.get("estimated_accuracy")
     consensus = run.task("consensus-op")
     if consensus is not None and "metrics" in consensus.artifacts:
         metrics = consensus.artifacts["metrics"]["metadata"]
-        figures["kept_share"] = metrics.get("kept_share")
-        figures["pseudo_label_precision"] = metrics.get("pseudo_label_precision")
+        for name in ("kept_share", "pseudo_label_precision", "estimated_branch_accuracy", "branch_audited_accuracy"):
+            figures[name] = metrics.get(name)
     analyze = run.task("analyze-op")
     if analyze is not None and "decision" in analyze.artifacts:
         decision = json.loads(Path(analyze.artifacts["decision"]["uri"]).read_text())

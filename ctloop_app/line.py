@@ -51,9 +51,11 @@ class LineResult:
         if "monitor" in self.figures:
             lines.append(f"monitor: {self.figures['monitor']}")
         if "kept_share" in self.figures:
-            precision = self.figures["pseudo_label_precision"]
-            lines.append(f"consensus kept {self.figures['kept_share']:.3f} of the window; pseudo-label precision "
-                         f"on audited parts {'n/a' if precision is None else f'{precision:.3f}'}")
+            figures = self.figures
+            lines.append(f"consensus kept {figures['kept_share']:.3f} of the window; pseudo-label precision "
+                         f"on audited parts {_optional(figures['pseudo_label_precision'])}; B1/B2 accuracy "
+                         f"estimated {_optional(figures['estimated_branch_accuracy'])}, audited "
+                         f"{_optional(figures['branch_audited_accuracy'])}")
         lines += [f"analyze: {reason}" for reason in self.figures.get("reasons", [])]
         return "\n".join(lines)
 
@@ -79,6 +81,10 @@ def run_on_folder(models: Path, production_folder: Path, work_dir: Path, config:
                         scores[after], cycle_figures(run))
     result.write_json(work_dir / "run_summary.json")
     return result
+
+
+def _optional(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _shuffled(parts: ImageSet, seed: int) -> ImageSet:

@@ -33,6 +33,8 @@ def summary_table(summary: DemoSummary) -> str:
         ("new champion accuracy on drifted parts", f"{summary.new_champion_accuracy_on_drift:.3f}"),
         ("consensus kept share", _optional(summary.kept_share)),
         ("pseudo-label precision (audited parts)", _optional(summary.pseudo_label_precision)),
+        ("estimated champion accuracy (ATC)", _optional(summary.estimated_accuracy)),
+        ("estimated B1/B2 accuracy (disagreement)", _optional(summary.estimated_branch_accuracy)),
         ("total seconds", f"{summary.seconds:.1f}"),
     ]
     lines += [f"{name:<42} {value}" for name, value in facts]

@@ -86,6 +86,7 @@ def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSetting
         train_max_seconds: float = config.train_max_seconds,
         train_patience: int = config.train_patience,
         warm_start: bool = config.warm_start,
+        champion_augment: float = config.champion_augment,
         champion_family: str = config.champion_family,
         seed: int = config.seed,
         min_improvement: float = config.min_improvement,
@@ -136,7 +137,8 @@ def _retrain(ops: dict, monitor: dsl.PipelineTask, p: dict) -> None:
     train = ops[train_op](
         train_set=consensus.outputs["train_set"], holdout_set=consensus.outputs["holdout_set"],
         epochs=p["train_epochs"], seed=p["seed"], family=p["champion_family"], warm_start=p["warm_start"],
-        max_seconds=p["train_max_seconds"], patience=p["train_patience"], mlflow_tracking_uri=p["mlflow_tracking_uri"],
+        max_seconds=p["train_max_seconds"], patience=p["train_patience"], augment_severity=p["champion_augment"],
+        mlflow_tracking_uri=p["mlflow_tracking_uri"],
         registered_model=p["registered_model"], run_name=run_name,
     ).set_display_name("train challenger")
     analyze = ops[analyze_op](
@@ -155,9 +157,11 @@ def _retrain(ops: dict, monitor: dsl.PipelineTask, p: dict) -> None:
         ).set_display_name("deploy")
         ops[notify_deployed_op](
             old_version=deploy.outputs["old_version"], new_version=deploy.outputs["new_version"],
-            decision=analyze.outputs["decision"], run_name=run_name,
+            decision=analyze.outputs["decision"], kept_share=consensus.outputs["kept_share"],
+            disagreement=consensus.outputs["disagreement"], run_name=run_name,
         ).set_display_name("slack: deployed")
     with dsl.Else(name="challenger-not-better"):
-        ops[notify_not_deployed_op](decision=analyze.outputs["decision"], run_name=run_name).set_display_name(
-            "slack: not deployed"
-        )
+        ops[notify_not_deployed_op](
+            decision=analyze.outputs["decision"], kept_share=consensus.outputs["kept_share"],
+            disagreement=consensus.outputs["disagreement"], run_name=run_name,
+        ).set_display_name("slack: not deployed")

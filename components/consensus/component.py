@@ -20,7 +20,7 @@ def consensus_op(
     holdout_set: Output[Dataset],
     report: Output[Markdown],
     metrics: Output[Metrics],
-) -> NamedTuple("ConsensusOutputs", [("kept", int), ("kept_share", float)]):
+) -> NamedTuple("ConsensusOutputs", [("kept", int), ("kept_share", float), ("disagreement", float)]):
     """Pseudo-label the window where B1 and B2 agree confidently; split train and holdout.
 
     Args:
@@ -36,7 +36,8 @@ def consensus_op(
         train_set: pseudo-labelled training rows plus previous rows (ImageSet .npz).
         holdout_set: pseudo-labelled holdout (ImageSet .npz), the analyze stage's new data.
         report: kept share, per-class counts and the B1/B2 agreement matrix.
-        metrics: kept, kept_share, train_size, holdout_size and pseudo-label precision when labels are known.
+        metrics: kept, kept_share, train_size, holdout_size, disagreement and estimated_branch_accuracy;
+            pseudo_label_precision and branch_audited_accuracy when labels are known.
     """
     from collections import namedtuple
     from pathlib import Path
@@ -50,4 +51,5 @@ def consensus_op(
                                                 Path(holdout_set.path), Path(report.path), new_repeat)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
-    return namedtuple("ConsensusOutputs", "kept kept_share")(result.kept, result.kept_share)
+    return namedtuple("ConsensusOutputs", "kept kept_share disagreement")(result.kept, result.kept_share,
+                                                                           result.disagreement)

@@ -3,8 +3,15 @@
 A sample is kept only if B1 and B2 predict the same label and both are at least
 `confidence_threshold` sure; that label becomes its pseudo-label. The branch models were chosen
 to fail differently, so agreement is strong evidence and disagreement costs only coverage.
+
 The kept samples are split, stratified, into training rows and a holdout that the analyze stage
 uses as "new data"; previous training rows are added to the training side only.
+
+How often the branches disagree on the whole window is also an estimate of their accuracy there
+without any label (Jiang et al., ICLR 2022: the disagreement rate of two independently trained
+models tracks their test error), so the report carries `1 - disagreement` as the branches'
+estimated accuracy, and beside it their accuracy on the window's audited parts when feedback
+gave some a label.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ class ConsensusReport:
     per_class: dict[str, int]
     agreement: list[list[int]]
     disagreed: int
+    disagreement: float
+    branch_audited_accuracy: float | None
     unconfident: int
     train_size: int
     holdout_size: int
@@ -47,11 +56,18 @@ class ConsensusReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def estimated_branch_accuracy(self) -> float:
+        """The disagreement estimate of B1's and B2's accuracy on the window (no labels used)."""
+        return 1.0 - self.disagreement
+
     def metrics(self) -> dict[str, float]:
-        """Scalar metrics; pseudo-label precision only when feedback gave some kept rows a label."""
-        figures = {name: float(getattr(self, name)) for name in ("kept", "kept_share", "train_size", "holdout_size")}
-        if self.pseudo_label_precision is not None:
-            figures["pseudo_label_precision"] = self.pseudo_label_precision
+        """Scalar metrics; the audited figures only when feedback gave some rows a label."""
+        names = ("kept", "kept_share", "train_size", "holdout_size", "disagreement", "estimated_branch_accuracy")
+        figures = {name: float(getattr(self, name)) for name in names}
+        for name in ("pseudo_label_precision", "branch_audited_accuracy"):
+            if getattr(self, name) is not None:
+                figures[name] = getattr(self, name)
         return figures
 
 
@@ -180,21 +196,33 @@ def _report(
     agreement = np.zeros((classes, classes), np.int64)
     np.add.at(agreement, (first.labels, second.labels), 1)
     kept_labels = first.labels[keep]
-    truth = collected.labels[new][keep]
+    window_truth = collected.labels[new]
+    truth = window_truth[keep]
     known = truth != UNLABELLED
+    disagreed = first.labels != second.labels
     return ConsensusReport(
         window=len(new),
         kept=int(keep.sum()),
         kept_share=float(keep.mean()) if len(new) else 0.0,
         per_class={name: int((kept_labels == i).sum()) for i, name in enumerate(collected.class_names)},
         agreement=agreement.tolist(),
-        disagreed=int((first.labels != second.labels).sum()),
+        disagreed=int(disagreed.sum()),
+        disagreement=float(disagreed.mean()) if len(new) else 0.0,
+        branch_audited_accuracy=_audited_accuracy((first, second), window_truth),
         unconfident=int(((first.labels == second.labels) & ~keep).sum()),
         train_size=train_size,
         holdout_size=holdout_size,
         previous_size=int((~collected.is_new).sum()),
         pseudo_label_precision=float((kept_labels[known] == truth[known]).mean()) if known.any() else None,
     )
+
+
+def _audited_accuracy(branches: tuple[BranchAnswers, ...], truth: np.ndarray) -> float | None:
+    """The branches' mean accuracy on the rows whose true label is known; None without any."""
+    audited = truth != UNLABELLED
+    if not audited.any():
+        return None
+    return float(np.mean([(answers.labels[audited] == truth[audited]).mean() for answers in branches]))
 
 
 def _markdown(report: ConsensusReport, threshold: float, branches: tuple[str, str]) -> str:
@@ -205,12 +233,15 @@ def _markdown(report: ConsensusReport, threshold: float, branches: tuple[str, st
         f"{report.kept} of {report.window} window samples kept ({report.kept_share:.1%}): "
         f"{branches[0]} and {branches[1]} agreed, each with confidence >= {threshold}.",
         f"Disagreed: {report.disagreed}. Agreed but not confident: {report.unconfident}.",
+        f"Estimated branch accuracy on the window (1 - disagreement): {report.estimated_branch_accuracy:.3f}.",
         f"Training rows: {report.train_size} (incl. {report.previous_size} previous, pseudo-labelled "
         f"rows repeated as configured); "
         f"holdout: {report.holdout_size}.",
     ]
     if report.pseudo_label_precision is not None:
         lines.append(f"Pseudo-label precision against known labels: {report.pseudo_label_precision:.3f}.")
+    if report.branch_audited_accuracy is not None:
+        lines.append(f"Branch accuracy on the window's audited parts: {report.branch_audited_accuracy:.3f}.")
     lines += ["", "| class | kept |", "| --- | ---: |"]
     lines += [f"| {name} | {count} |" for name, count in report.per_class.items()]
     lines += ["", f"Agreement matrix (rows {branches[0]}, columns {branches[1]}):", ""]

@@ -185,7 +185,7 @@ def check_yield(
     full = len(window) == recent_window
     needed = window + (baseline_window if yield_threshold is None and full else [])
     covered = bool(feedback) and all(_key(record) in feedback for record in needed)
-    estimable = _estimated_accuracy(needed) is not None
+    estimable = _atc_threshold(needed) is not None
     mode: Mode = "accuracy" if covered else "estimated_accuracy" if trigger != "yield" and estimable else "confidence"
     value = _yield(window, mode, confidence, feedback)
     measure = _describe(mode, confidence, len(window), version)
@@ -231,12 +231,20 @@ def check_yield(
     )
 
 
-def _estimated_accuracy(window: Sequence[dict[str, Any]]) -> float | None:
-    """ATC over the window, when every record carries its model's threshold (one version: one threshold)."""
-    thresholds = {record.get("atc_threshold") for record in window}
-    if not window or None in thresholds or len(thresholds) != 1:
+def _atc_threshold(records: Sequence[dict[str, Any]]) -> float | None:
+    """The ATC threshold every record carries (one version: one threshold); None if any lacks it."""
+    thresholds = {record.get("atc_threshold") for record in records}
+    if not records or None in thresholds or len(thresholds) != 1:
         return None
-    return atc_estimate(np.array([record["confidence"] for record in window]), thresholds.pop())
+    return thresholds.pop()
+
+
+def _estimated_accuracy(window: Sequence[dict[str, Any]]) -> float | None:
+    """ATC over the window, when its records carry their model's threshold."""
+    threshold = _atc_threshold(window)
+    if threshold is None:
+        return None
+    return atc_estimate(np.array([record["confidence"] for record in window]), threshold)
 
 
 def _skipped_note(truncated: bool, broken: list[int]) -> str:

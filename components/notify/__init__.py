@@ -1,6 +1,7 @@
 """notify: the Slack messages of a run (retraining started, deployed, not deployed, run failed)."""
 
 from components.notify.logic import (
+    Consensus,
     announce_deployed,
     announce_not_deployed,
     announce_retrain,
@@ -11,6 +12,7 @@ from components.notify.logic import (
 )
 
 __all__ = [
+    "Consensus",
     "announce_deployed",
     "announce_not_deployed",
     "announce_retrain",

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ctloop import slack
 from ctloop.alerts import deliver, run_failed
 from ctloop.slack import Delivery, Message
+
+
+@dataclass(frozen=True)
+class Consensus:
+    """What the consensus stage saw in the window: the share it kept and how often B1 and B2
+    disagreed (1 - disagreement estimates their accuracy there without labels)."""
+
+    kept_share: float
+    disagreement: float
+
+    def sentence(self) -> str:
+        return (f"Consensus kept {self.kept_share:.1%} of the window; B1 and B2 disagreed on "
+                f"{self.disagreement:.1%} (estimated branch accuracy {1 - self.disagreement:.3f}).")
 
 
 # The fields of the monitor's decision (MonitorResult.to_dict()) that the message shows.
@@ -38,8 +52,8 @@ def announce_retrain(decision_path: Path, run_name: str | None = None) -> Delive
     return deliver(retrain_started(**{name: figures[name] for name in _RETRAIN_FIELDS}, run_name=run_name))
 
 
-def announce_deployed(old_version: str, new_version: str, decision_path: Path,
-                      run_name: str | None = None) -> Delivery:
+def announce_deployed(old_version: str, new_version: str, decision_path: Path, run_name: str | None = None,
+                      consensus: Consensus | None = None) -> Delivery:
     """Slack: the challenger was deployed, with the accuracy deltas of analyze's decision JSON.
 
     Args:
@@ -47,20 +61,23 @@ def announce_deployed(old_version: str, new_version: str, decision_path: Path,
         new_version: the new champion version.
         decision_path: the analyze stage's decision (JSON with "deltas").
         run_name: the pipeline run, shown as context.
+        consensus: the consensus stage's kept share and B1/B2 disagreement on the window.
     """
     decision = _read_decision(decision_path, ("deltas",), "the analyze stage's AnalysisResult.decision()")
-    return deliver(deployed(old_version, new_version, decision["deltas"], run_name=run_name))
+    return deliver(deployed(old_version, new_version, decision["deltas"], run_name=run_name, consensus=consensus))
 
 
-def announce_not_deployed(decision_path: Path, run_name: str | None = None) -> Delivery:
+def announce_not_deployed(decision_path: Path, run_name: str | None = None,
+                          consensus: Consensus | None = None) -> Delivery:
     """Slack: the challenger was not deployed, with the reasons of analyze's decision JSON.
 
     Args:
         decision_path: the analyze stage's decision (JSON with "reasons").
         run_name: the pipeline run, shown as context.
+        consensus: the consensus stage's kept share and B1/B2 disagreement on the window.
     """
     decision = _read_decision(decision_path, ("reasons",), "the analyze stage's AnalysisResult.decision()")
-    return deliver(not_deployed(decision["reasons"], run_name=run_name))
+    return deliver(not_deployed(decision["reasons"], run_name=run_name, consensus=consensus))
 
 
 def announce_run_end(state: str, error_message: str | None, run_name: str | None = None) -> Delivery | None:
@@ -142,6 +159,7 @@ def deployed(
     new_version: str,
     metric_deltas: Mapping[str, float],
     run_name: str | None = None,
+    consensus: Consensus | None = None,
 ) -> Message:
     """A challenger became the champion.
 
@@ -150,6 +168,7 @@ def deployed(
         new_version: the version now serving.
         metric_deltas: metric name -> new minus old (e.g. {"accuracy (new data)": 0.12}).
         run_name: the pipeline run, shown as context.
+        consensus: what the consensus stage saw, shown under the deltas.
     """
     text = f"Deployed champion v{new_version} (was v{old_version})"
     lines = [f"*{slack.escape(name)}*: {delta:+.3f}" for name, delta in metric_deltas.items()]
@@ -159,17 +178,23 @@ def deployed(
     ]
     if lines:
         blocks.append(slack.section(slack.clip("\n".join(lines))))
+    if consensus is not None:
+        blocks.append(slack.section(consensus.sentence()))
     return slack.message(text, blocks, run_name)
 
 
-def not_deployed(reasons: Sequence[str], run_name: str | None = None) -> Message:
+def not_deployed(reasons: Sequence[str], run_name: str | None = None, consensus: Consensus | None = None) -> Message:
     """The challenger was not deployed; the analysis stage's reasons.
 
     Args:
         reasons: one sentence per reason.
         run_name: the pipeline run, shown as context.
+        consensus: what the consensus stage saw, shown under the reasons (a low kept share or a
+            high disagreement often explains a challenger without enough evidence).
     """
     text = f"Challenger not deployed: {' '.join(reasons) or 'no reason given'}"
     bullets = "\n".join(f"\u2022 {slack.escape(reason)}" for reason in reasons) or "no reason given"
     blocks = [slack.header("Challenger not deployed"), slack.section(slack.clip(bullets))]
+    if consensus is not None:
+        blocks.append(slack.section(consensus.sentence()))
     return slack.message(text, blocks, run_name)

@@ -63,6 +63,11 @@ def test_bootstrap_and_run_on_a_users_image_folder(tmp_path: Path, capsys) -> No
     figures = summary["figures"]
     assert 0.3 < figures["kept_share"] <= 1 and figures["pseudo_label_precision"] > 0.9 and figures["deploy"]
     assert f"pseudo-label precision on audited parts {figures['pseudo_label_precision']:.3f}" in out
+    # A quarter of the parts is audited, so the branches' disagreement estimate has a truth beside it.
+    assert abs(figures["estimated_branch_accuracy"] - figures["branch_audited_accuracy"]) < 0.15
+    assert (f"B1/B2 accuracy estimated {figures['estimated_branch_accuracy']:.3f}, "
+            f"audited {figures['branch_audited_accuracy']:.3f}") in out
+    assert 0 < figures["estimated_accuracy"] < 1
     assert f"analyze: {figures['reasons'][0]}" in out
     assert f"monitor: {figures['monitor']}" in out and "is below the threshold 0.700: retrain" in figures["monitor"]
 
@@ -97,6 +102,8 @@ def test_demo_recovers_yield_and_writes_its_reports(boot, tmp_path: Path) -> Non
     assert "deploy-op" in summary.cycles[1]["stage_seconds"]
     table = summary_table(summary)
     assert "after retraining" in table and "pseudo-label precision" in table
+    assert summary.estimated_accuracy is not None and 0 < summary.estimated_branch_accuracy <= 1
+    assert f"{'estimated B1/B2 accuracy (disagreement)':<42} {summary.estimated_branch_accuracy:.3f}" in table
     write_summary_json(summary, tmp_path / "run_summary.json")
     write_html_report(summary, tmp_path / "run_report.html")
     data = json.loads((tmp_path / "run_summary.json").read_text())

@@ -87,6 +87,10 @@ def test_keeps_exactly_the_confident_agreements(serving, branches, tmp_path: Pat
     assert np.asarray(report.agreement).sum() == 120
     assert sum(report.per_class.values()) == report.kept
     assert report.pseudo_label_precision == pytest.approx(float((labels[0][keep] == truth[keep]).mean()))
+    assert report.disagreement == pytest.approx(float((labels[0] != labels[1]).mean()))
+    assert report.estimated_branch_accuracy == pytest.approx(1 - report.disagreement)
+    branch_accuracy = np.mean([(branch_labels == truth).mean() for branch_labels in labels])
+    assert report.branch_audited_accuracy == pytest.approx(float(branch_accuracy))
     kept_images = images[keep]
     for image, label in zip(holdout.images, holdout.labels):
         match = np.flatnonzero((kept_images == image).all(axis=(1, 2)))

@@ -165,8 +165,10 @@ def test_the_statements_are_the_component_bodies_and_the_deferred_imports() -> N
     ]
     notify = deferred_import_statements("notify")  # four component functions, imports deduplicated
     assert [statement for statement in notify if statement.startswith("from components")] == [
-        f"from components.notify.logic import announce_{name}"
-        for name in ("retrain", "deployed", "not_deployed", "run_end")
+        "from components.notify.logic import announce_retrain",
+        "from components.notify.logic import Consensus, announce_deployed",
+        "from components.notify.logic import Consensus, announce_not_deployed",
+        "from components.notify.logic import announce_run_end",
     ]
 
 

@@ -13,6 +13,7 @@ import components.notify
 from components.analyze.logic import AnalysisResult, HoldoutEvidence, scores_from_labels
 from components.monitor.logic import MonitorResult, check_store_yield
 from components.notify.logic import (
+    Consensus,
     announce_deployed,
     announce_not_deployed,
     announce_retrain,
@@ -53,7 +54,7 @@ def outbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_public_names():
     assert sorted(components.notify.__all__) == [
-        "announce_deployed", "announce_not_deployed", "announce_retrain", "announce_run_end",
+        "Consensus", "announce_deployed", "announce_not_deployed", "announce_retrain", "announce_run_end",
         "deployed", "not_deployed", "retrain_started",
     ]
 
@@ -155,6 +156,18 @@ def test_announce_not_deployed_reads_the_reasons_of_the_analyze_decision(tmp_pat
     announce_not_deployed(decision, "ct-11")
     message = outbox_lines(outbox)[0]["message"]
     assert message == not_deployed(["Fail: gain < 0.01 & more"], run_name="ct-11")
+
+
+def test_both_outcomes_show_what_consensus_saw(tmp_path, outbox):
+    decision = tmp_path / "decision.json"
+    decision.write_text(json.dumps(analysis(9, 6).decision("3")))
+    consensus = Consensus(kept_share=0.45, disagreement=0.125)
+    announce_not_deployed(decision, "ct-15", consensus)
+    announce_deployed("3", "4", decision, "ct-15", consensus)
+    expected = ("Consensus kept 45.0% of the window; B1 and B2 disagreed on 12.5% "
+                "(estimated branch accuracy 0.875).")
+    for message in (line["message"] for line in outbox_lines(outbox)):
+        assert expected in [block.get("text", {}).get("text") for block in message["blocks"]]
 
 
 def test_announce_deployed_names_a_decision_without_deltas(tmp_path, outbox):
