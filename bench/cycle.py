@@ -97,6 +97,7 @@ def bench_cycle(stack: LocalStack, boot: BootstrapResult, settings: BenchSetting
         "succeeded": run.succeeded,
         "error": run.error,
         "drift": f"{settings.cycle_drift} at severity {settings.severity}",
+        "image_size": list(pool.image_size),
         "train_epochs": config.train_epochs,
         "old_version": old_version,
         "new_version": watcher.new_version,

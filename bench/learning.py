@@ -24,7 +24,7 @@ from ctloop.drift import DriftKind, apply_drift
 from ctloop.images import ImageSet, stratified_split
 from ctloop.modelfile import load_model, predict_proba
 from ctloop.simulator import DriftSpec, ProductionLine
-from ctloop.training import RECIPES, accuracy, train_model
+from ctloop.training import accuracy, champion_recipe, train_model
 
 
 def bench_learning(boot: BootstrapResult, settings: BenchSettings) -> dict[str, object]:
@@ -89,7 +89,7 @@ def _retrain(new: ImageSet, previous: ImageSet, settings: BenchSettings, champio
     repeated = np.repeat(np.arange(len(new)), config.new_sample_repeat)
     data = ImageSet(np.concatenate([new.images[repeated], previous.images]),
                     np.concatenate([new.labels[repeated], previous.labels]), previous.class_names)
-    recipe = replace(RECIPES["champion"], epochs=config.train_epochs, seed=config.seed, family=config.champion_family,
+    recipe = replace(champion_recipe(config.champion_augment), epochs=config.train_epochs, seed=config.seed, family=config.champion_family,
                      max_seconds=config.train_max_seconds or None, patience=config.train_patience)
     initial = champion.state_dict() if config.warm_start else None
     model, _ = train_model("champion", data, recipe, progress=False, initial_state=initial)

@@ -11,7 +11,7 @@ def markdown(results: dict[str, Any]) -> str:
     """Every section that ran, each as a short heading line and a table."""
     parts = [_machine(results)]
     for key, render in (("serving", _serving), ("consensus", _consensus), ("cycle", _cycle),
-                        ("learning", _learning), ("deploy", _deploy)):
+                        ("cycle_parts", _cycle_parts), ("learning", _learning), ("deploy", _deploy)):
         if key in results:
             parts.append(render(results[key]))
     return "\n\n".join(parts) + "\n"
@@ -88,13 +88,18 @@ def _consensus(consensus: dict[str, Any]) -> str:
     ])
 
 
-def _cycle(cycle: dict[str, Any]) -> str:
+def _cycle_parts(cycle: dict[str, Any]) -> str:
+    size = "x".join(str(side) for side in cycle["image_size"])
+    return _cycle(cycle, f"**3b. CT cycle on the parts line** ({size})")
+
+
+def _cycle(cycle: dict[str, Any], title: str = "**3. CT cycle**") -> str:
     rows = [[name, stage["wall"], stage["startup"], stage["imports"], stage["artifact_io"], stage["work"]]
             for name, stage in cycle["stages"].items()]
     trip, overhead = cycle["trip_to_default_seconds"], cycle["trip_to_default_overhead_seconds"]
     share = f"{overhead / trip:.0%}" if trip else "n/a"
     return "\n\n".join([
-        f"**3. CT cycle** ({cycle['drift']}, {cycle['train_epochs']} epochs, champion v{cycle['old_version']} -> "
+        f"{title} ({cycle['drift']}, {cycle['train_epochs']} epochs, champion v{cycle['old_version']} -> "
         f"v{cycle['new_version']}): {_cell(trip)} s from the monitor tripping to the new champion answering as "
         f"default, of which about {overhead:.1f} s ({share}) is orchestration overhead (task start-up, imports, "
         f"artifact I/O); the whole run {cycle['cycle_seconds']:.1f} s, {cycle['between_tasks_seconds']:.1f} s of it "

@@ -17,7 +17,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -88,6 +88,10 @@ def run_bench(settings: BenchSettings, name: str, work: Path, say: Callable[[str
             settings.bootstrap_epochs, progress=False, config=settings.config)))
         results["learning"]["parts"] = section("learning parts", lambda: _one_thread(
             lambda: bench_learning(parts, settings)))
+        with local_stack(work / "parts-stack", settings.mlflow_server) as stack:
+            section("install parts", lambda: install_models(stack, parts.model_files, parts.train_set))
+            results["cycle_parts"] = section("cycle parts", lambda: bench_cycle(
+                stack, parts, replace(settings, cycle_drift=settings.parts_cycle_drift), work / "cycle-parts"))
     loads["end"] = load_average()
     results["seconds"] = round(time.monotonic() - started, 1)
     return results
@@ -109,7 +113,7 @@ def _drifted_parts(production_pool: Path, settings: BenchSettings) -> np.ndarray
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="a few requests, one drift kind, two epochs")
+    parser.add_argument("--tiny", action="store_true", help="a few requests, one drift kind, five epochs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help=f"scratch (default {DEFAULT_WORK})")
     args = parser.parse_args(argv)

@@ -43,6 +43,7 @@ class PipelineConfig:
     train_max_seconds: float = 120.0
     train_patience: int = 8
     warm_start: bool = True
+    champion_augment: float = 0.0
     champion_family: str = "resnet"
     b1_family: str = "dilated"
     b2_family: str = "gradient"
@@ -57,7 +58,7 @@ class PipelineConfig:
         for field in fields(self):
             _check_type(field.name, getattr(self, field.name), field.type)
         for name in ("yield_drop_tolerance", "yield_floor", "yield_confidence",
-                     "confidence_threshold", "max_golden_regression"):
+                     "confidence_threshold", "max_golden_regression", "champion_augment"):
             _check_range(name, getattr(self, name), 0.0, 1.0)
         if self.yield_threshold is not None:
             _check_range("yield_threshold", self.yield_threshold, 0.0, 1.0)

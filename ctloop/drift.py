@@ -21,9 +21,9 @@ __all__ = ["DRIFT_KINDS", "DriftKind", "apply_drift", "check_drift"]
 DriftKind = Literal["lighting", "blur", "noise", "shift"]
 DRIFT_KINDS: tuple[DriftKind, ...] = get_args(DriftKind)
 
-# Strength of each effect at severity 1, tuned on the 8x8 digits: the plain champion loses 10 to
-# 50 points of accuracy, while models trained with drift augmentation still read 80-99 % of the
-# golden set, so the digit is still there to be read.
+# Strength of each effect at severity 1, tuned on the 8x8 digits: a champion trained without
+# augmentation loses 10 to 50 points of accuracy, while models trained with drift augmentation
+# still read 80-99 % of the golden set, so the digit is still there to be read.
 _MAX_GAIN_DROP = 0.6  # lighting: contrast falls to 40 %
 _MAX_BIAS = 0.05  # lighting: a faint grey veil, so the background is no longer pure black
 _LIGHTING_JITTER = 0.1  # lighting: per-image relative spread of gain and bias

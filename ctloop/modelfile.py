@@ -84,6 +84,49 @@ def load_model(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelCard]:
     return module, ModelCard.from_json(extra[CARD_NAME])
 
 
+def read_weights(path: str | Path, model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Weights from a file a user provides, to start `model`'s training from: a ctloop model file
+    (TorchScript, e.g. a champion bootstrapped on another line) or a `torch.save`d state_dict.
+
+    Returns a complete state_dict for `model` and the names left at their initial values because
+    their shape differs (a head for another number of classes, say). Raises ModelFileError,
+    naming the file, when it holds no tensors, names a tensor `model` does not have (weights of
+    another family), or matches nothing.
+    """
+    state = _read_state(Path(path))
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise ModelFileError(f"{path}: {len(unknown)} tensor(s) {model.__class__.__name__} does not have "
+                             f"(weights of another family?), e.g. {', '.join(unknown[:3])}")
+    skipped = sorted(name for name in state if state[name].shape != own[name].shape)
+    loaded = {name: tensor for name, tensor in state.items() if name not in skipped}
+    if not loaded:
+        raise ModelFileError(f"{path}: no tensor fits {model.__class__.__name__}; every shape differs")
+    return {**own, **loaded}, skipped
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ctloop model file or of a state_dict file (read with weights_only, so a
+    pickle cannot run code)."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        with _torchscript_allowed():
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    except (RuntimeError, ValueError):
+        pass
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot read ({error})") from error
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises pickle, zip and runtime errors alike for a bad file
+        raise ModelFileError(f"{path}: neither a ctloop model nor a state_dict ({error})") from error
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path}: holds no state_dict (a dict of tensor names to tensors)")
+    return state
+
+
 def fit_atc_threshold(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float | None:
     """`model`'s ATC threshold (ctloop.estimate) on labelled images; None without any."""
     from ctloop.estimate import atc_threshold

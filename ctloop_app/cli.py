@@ -6,11 +6,14 @@ import argparse
 import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from ctloop.config import ConfigError, default_config_text, load_config
+from ctloop.config import ConfigError, PipelineConfig, default_config_text, load_config
 from ctloop.drift import DRIFT_KINDS
 from ctloop.images import ImageDataError
+
+if TYPE_CHECKING:
+    from ctloop_app.bootstrap import BootstrapResult
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--seed", type=int, default=0)
     boot.add_argument("--config", type=Path, help="model families (champion_family, b1_family, b2_family); "
                                                   "default: the shipped ctloop/ctloop.yaml")
+    boot.add_argument("--weights", action="append", default=[], metavar="ROLE=FILE", type=_role_file,
+                      help="start ROLE (champion, b1, b2) from FILE's weights: a ctloop model file or a "
+                           "torch.save'd state_dict of the role's family; repeatable")
     boot.set_defaults(command=_bootstrap)
 
     serve = commands.add_parser("serve", help="start TorchServe + MLflow with bootstrapped models")
@@ -142,23 +148,41 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    from ctloop_app.bootstrap import bootstrap_digits, bootstrap_folder, bootstrap_parts
+    from ctloop.modelfile import ModelFileError
 
     config = load_config(args.config)
-    if args.image_folder:
-        result = bootstrap_folder(args.image_folder, tuple(args.image_size), args.out, args.seed, args.epochs,
-                                  config=config)
-    elif args.line == "parts":
-        if args.image_size[0] != args.image_size[1]:
-            print(f"ctloop bootstrap: the parts line is square; got --image-size {args.image_size[0]} "
-                  f"{args.image_size[1]}", file=sys.stderr)
-            return 2
-        result = bootstrap_parts(args.out, args.seed, args.image_size[0], args.epochs, config=config)
-    else:
-        result = bootstrap_digits(args.out, args.seed, args.epochs, config=config)
+    if args.line == "parts" and not args.image_folder and args.image_size[0] != args.image_size[1]:
+        print(f"ctloop bootstrap: the parts line is square; got --image-size {args.image_size[0]} "
+              f"{args.image_size[1]}", file=sys.stderr)
+        return 2
+    try:
+        result = _bootstrap_result(args, config, dict(args.weights))
+    except ModelFileError as error:
+        print(f"ctloop bootstrap: --weights {error}", file=sys.stderr)
+        return 2
     for role, path in result.model_files.items():
         print(f"{role}: {path} (golden-set accuracy {result.golden_accuracy[role]:.3f})")
     return 0
+
+
+def _bootstrap_result(args: argparse.Namespace, config: PipelineConfig, weights: dict[str, Path]) -> BootstrapResult:
+    """The bootstrap the arguments ask for: the user's ImageFolder, or a simulated line."""
+    from ctloop_app.bootstrap import bootstrap_digits, bootstrap_folder, bootstrap_parts
+
+    if args.image_folder:
+        return bootstrap_folder(args.image_folder, tuple(args.image_size), args.out, args.seed, args.epochs,
+                                config=config, weights=weights)
+    if args.line == "parts":
+        return bootstrap_parts(args.out, args.seed, args.image_size[0], args.epochs, config=config, weights=weights)
+    return bootstrap_digits(args.out, args.seed, args.epochs, config=config, weights=weights)
+
+
+def _role_file(text: str) -> tuple[str, Path]:
+    """`--weights ROLE=FILE` as (role, path); argparse reports a malformed one with the usage."""
+    role, _, path = text.partition("=")
+    if role not in ("champion", "b1", "b2") or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROLE=FILE with ROLE one of champion, b1, b2")
+    return role, Path(path)
 
 
 def _serve(args: argparse.Namespace) -> int:

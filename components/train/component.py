@@ -14,6 +14,7 @@ def train_op(
     warm_start: bool,
     max_seconds: float,
     patience: int,
+    augment_severity: float,
     mlflow_tracking_uri: str,
     registered_model: str,
     run_name: str,
@@ -31,6 +32,7 @@ def train_op(
         warm_start: start from the champion's weights when family, classes and size match.
         max_seconds: stop training after this many seconds (0: no cap).
         patience: stop after this many epochs without a better held-back loss.
+        augment_severity: drift augmentation up to this severity in half the batches (0: none).
         mlflow_tracking_uri: MLflow tracking URI ("" uses MLFLOW_TRACKING_URI).
         registered_model: MLflow registered model name.
         run_name: the pipeline run, for alerts.
@@ -46,7 +48,8 @@ def train_op(
     with alert_on_failure("train", run_name):
         result = train_challenger(Path(train_set.path), Path(holdout_set.path), epochs, seed,
                                   mlflow_tracking_uri, registered_model, Path(model.path), family=family,
-                                  warm_start=warm_start, max_seconds=max_seconds or None, patience=patience)
+                                  warm_start=warm_start, max_seconds=max_seconds or None, patience=patience,
+                                  augment_severity=augment_severity)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     model.metadata["mlflow_version"] = result.version

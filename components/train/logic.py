@@ -31,7 +31,7 @@ from ctloop.images import ImageSet
 from ctloop.modelfile import ModelCard, fit_atc_threshold, load_model, save_model
 from ctloop.models import DEFAULT_FAMILIES, FAMILIES
 from ctloop.registry import CHALLENGER
-from ctloop.training import RECIPES, EpochMetrics, accuracy, train_model
+from ctloop.training import RECIPES, EpochMetrics, accuracy, champion_recipe, train_model
 
 _logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def train_challenger(
     warm_start: bool = False,
     max_seconds: float | None = None,
     patience: int = RECIPES[ROLE].patience,
+    augment_severity: float = 0.0,
 ) -> TrainResult:
     """Train the challenger, log it to MLflow and register it with the alias `challenger`.
 
@@ -86,6 +87,8 @@ def train_challenger(
         warm_start: Start from the champion's weights when its family, classes and size match.
         max_seconds: Stop training after this long (None: only early stopping and `epochs`).
         patience: Stop after this many epochs without a better held-back loss.
+        augment_severity: Drift augmentation up to this severity in half the batches (0: none;
+            ctloop.training.champion_recipe).
 
     Returns:
         The TrainResult; `reused` is True when this run had already registered its version.
@@ -115,8 +118,10 @@ def train_challenger(
         return _reuse_version(client, uri, model_name, existing, run_id, Path(out_model))
 
     initial_state, warm_note = _champion_state(model_name, uri, train, family) if warm_start else (None, "off")
-    params = _params(train, holdout, epochs, seed, model_name) + [Param("family", family),
-                                                                  Param("warm_start", warm_note)]
+    config = replace(champion_recipe(augment_severity), epochs=epochs, seed=seed, family=family,
+                     max_seconds=max_seconds, patience=patience)
+    params = _params(train, holdout, epochs, seed, model_name) + [
+        Param("family", family), Param("warm_start", warm_note), Param("augment_severity", str(augment_severity))]
     _log(uri, f"log params of run {run_id}", client.log_batch, run_id, params=params)
     started = time.monotonic()
 
@@ -130,8 +135,6 @@ def train_challenger(
         _log(uri, f"log epoch {metrics.epoch} metrics of run {run_id}", client.log_batch, run_id,
              metrics=batch)
 
-    config = replace(RECIPES[ROLE], epochs=epochs, seed=seed, family=family, max_seconds=max_seconds,
-                     patience=patience)
     model, history = train_model(ROLE, train, config, val=holdout, on_epoch=on_epoch, progress=progress,
                                  initial_state=initial_state)
     # ATC's labelled data: the pseudo-labelled holdout, the distribution the challenger is for.

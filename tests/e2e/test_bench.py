@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = REPO_ROOT / "bench" / "results.json"
-SECTIONS = ("machine", "serving", "consensus", "cycle", "learning", "deploy")
+SECTIONS = ("machine", "serving", "consensus", "cycle", "cycle_parts", "learning", "deploy")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def test_every_section_is_there_and_described(tiny) -> None:
     machine = results["machine"]
     assert machine["cpu_model"] and machine["usable_cores"] >= 1 and machine["ram_gib"] > 0
     assert machine["torch"] and machine["torchserve"] and machine["python"].startswith("3.11")
-    for heading in ("**1. Serving**", "**2. Consensus filter**", "**3. CT cycle**", "**4. Learning quality, digits**",
+    for heading in ("**1. Serving**", "**2. Consensus filter**", "**3. CT cycle**",
+                    "**3b. CT cycle on the parts line** (32x32)", "**4. Learning quality, digits**",
                     "**4. Learning quality, parts**",
                     "**5. Deploy under load**"):
         assert heading in table
@@ -71,6 +72,13 @@ def test_consensus_gives_the_same_labels_both_ways(tiny) -> None:
     assert consensus["labels_identical"]
     assert consensus["torchserve"]["samples_per_second"] > 0 and consensus["in_process"]["samples_per_second"] > 0
     assert consensus["torchserve_over_in_process"] > 0
+
+
+def test_the_parts_line_runs_the_same_cycle_at_32x32(tiny) -> None:
+    cycle = tiny[0]["cycle_parts"]
+    assert cycle["succeeded"], cycle["error"]
+    assert cycle["image_size"] == [32, 32] and cycle["drift"].startswith("lighting")
+    assert "train-op" in cycle["stages"] and cycle["cycle_seconds"] > 0
 
 
 def test_cycle_deploys_and_its_time_adds_up(tiny) -> None:

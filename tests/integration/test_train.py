@@ -92,8 +92,9 @@ def test_warm_start_begins_from_the_champion_or_says_why_not(
     for family in ("resnet", "dilated"):
         result = train_challenger(train_set, holdout_set, epochs=EPOCHS, seed=0, tracking_uri=tracking_uri,
                                   model_name="warm", out_model=tmp_path / f"{family}.pt", family=family,
-                                  warm_start=True)
+                                  warm_start=True, augment_severity=0.5)
         notes[family] = client.get_run(result.run_id).data.params["warm_start"]
+        assert client.get_run(result.run_id).data.params["augment_severity"] == "0.5"
         assert client.get_run(result.run_id).data.params["family"] == family
         assert load_model(result.model_file)[1].architecture == {"resnet": "ResidualCNN", "dilated": "DilatedCNN"}[family]
     assert notes == {"resnet": "champion v1",

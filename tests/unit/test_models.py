@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ctloop.drift import apply_drift
+from ctloop.drift import DRIFT_KINDS, apply_drift
 from ctloop.images import ImageSet
 from ctloop.modelfile import ModelCard, ModelFileError, load_model, predict_proba, save_model
 from ctloop.models import FAMILIES, ROLES, build_model
 from ctloop.simulator import digits_split
-from ctloop.training import RECIPES, TrainConfig, accuracy, train_model, with_epochs
+from ctloop.training import RECIPES, TrainConfig, accuracy, champion_recipe, train_model, with_epochs
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,8 @@ def test_training_is_reproducible_for_a_seed(split) -> None:
 
 
 def test_branch_models_are_more_robust_to_drift_than_the_champion(boot) -> None:
-    """B1/B2 exist to give trustworthy labels on drifted data; the plain champion does not.
+    """B1/B2 exist to give trustworthy labels on drifted data; the champion, trained for mild drift
+    only, does not.
 
     The models are the session's bootstrap (`boot`): each role trained with its full recipe on the
     digits' training split (seed 0), as this test used to train them itself; a whole `make test`
@@ -145,6 +146,14 @@ def test_branch_models_are_more_robust_to_drift_than_the_champion(boot) -> None:
     scores = {role: accuracy(load_model(boot.model_files[role])[0], drifted) for role in ROLES}
     assert scores["b1"] > scores["champion"] + 0.1
     assert scores["b2"] > scores["champion"] + 0.1
+
+
+def test_the_champion_recipe_is_plain_unless_augmentation_is_asked_for() -> None:
+    assert champion_recipe() == RECIPES["champion"] and RECIPES["champion"].augment == ()
+    mild = champion_recipe(0.5)
+    assert mild.augment == DRIFT_KINDS and mild.augment_max_severity == 0.5 and mild.augment_share == 0.5
+    with pytest.raises(ValueError, match="augment_severity must be in"):
+        champion_recipe(1.5)
 
 
 def test_train_model_refuses_an_empty_set() -> None:
