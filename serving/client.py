@@ -83,10 +83,13 @@ class TorchServeClient:
     def _manage(self, method: str, path: str, timeout: float | None = None, **params: object) -> object:
         return self._call(method, f"{self.management_url}{path}", "management", timeout, params=params).json()
 
-    def register(self, archive_name: str, model_name: str, initial_workers: int = 1) -> None:
-        """Register an archive already in the model store and wait until its workers are up."""
+    def register(self, archive_name: str, model_name: str, initial_workers: int = 1, wait: bool = True) -> None:
+        """Register an archive already in the model store; with `wait`, return once its workers are
+        up. Without it the call returns at once (202) and the caller polls `worker_states`: a
+        synchronous register stalls the requests in flight to the model's other versions for as
+        long as the workers take to start (seconds), an asynchronous one does not."""
         self._manage("POST", "/models", timeout=self.timeout * 10, url=archive_name, model_name=model_name,
-                     initial_workers=initial_workers, synchronous="true")
+                     initial_workers=initial_workers, synchronous="true" if wait else "false")
 
     def scale(self, model_name: str, version: str, workers: int) -> None:
         """Set a version's worker count and wait for it."""
@@ -107,9 +110,13 @@ class TorchServeClient:
     def default_version(self, model_name: str) -> str:
         return str(self._manage("GET", f"/models/{model_name}")[0]["modelVersion"])  # type: ignore[index]
 
-    def ready_workers(self, model_name: str, version: str) -> int:
+    def worker_states(self, model_name: str, version: str) -> list[tuple[str, int]]:
+        """(status, pid) of each worker of a version; a worker not started yet has pid -1."""
         description = self._manage("GET", f"/models/{model_name}/{version}")[0]  # type: ignore[index]
-        return sum(1 for worker in description["workers"] if worker["status"] == "READY")
+        return [(str(worker["status"]), int(worker.get("pid", -1))) for worker in description["workers"]]
+
+    def ready_workers(self, model_name: str, version: str) -> int:
+        return sum(1 for status, _ in self.worker_states(model_name, version) if status == "READY")
 
     def unregister(self, model_name: str, version: str) -> None:
         self._manage("DELETE", f"/models/{model_name}/{version}", timeout=self.timeout * 2)

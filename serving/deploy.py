@@ -80,7 +80,7 @@ def deploy(
         if str(version) in _registered_versions(client, model_name):
             raise DeployCheckError(f"{model_name} version {version} is already registered; versions are immutable")
         registered = True  # a failed registration (e.g. workers fail to load) may still leave it registered
-        _step(record, "register", lambda: client.register(Path(archive).name, model_name, workers))
+        _step(record, "register", lambda: client.register(Path(archive).name, model_name, workers, wait=False))
         _step(record, "wait_ready", lambda: _wait_ready(client, model_name, str(version), workers, ready_timeout))
         labels = _step(record, "smoke_test", lambda: _check_answers(
             client, model_name, canary_images, probabilities, tolerance, str(version), str(version)))
@@ -133,11 +133,26 @@ def _registered_versions(client: TorchServeClient, model_name: str) -> list[str]
 
 
 def _wait_ready(client: TorchServeClient, model_name: str, version: str, workers: int, timeout: float) -> None:
+    """Poll an asynchronously registered version until `workers` are READY.
+
+    TorchServe 0.12 has no status for a worker that failed to load: it stays "UNLOADING" and is
+    restarted under a new pid, again and again. A worker seen with one pid and then another
+    before it was ever READY has therefore failed, and waiting longer would not help.
+    """
     deadline = time.monotonic() + timeout
-    while client.ready_workers(model_name, version) < workers:
+    first_pids: dict[int, int] = {}
+    while True:
+        states = client.worker_states(model_name, version)
+        if sum(status == "READY" for status, _ in states) >= workers:
+            return
+        for index, (status, pid) in enumerate(states):
+            if pid > 0 and first_pids.setdefault(index, pid) != pid:
+                raise DeployCheckError(f"{model_name} v{version}: failed to start workers (worker {index} restarted, "
+                                       f"pid {first_pids[index]} -> {pid}, before it was READY; TorchServe's model "
+                                       "log says why)")
         if time.monotonic() > deadline:
             raise DeployCheckError(f"{model_name} v{version}: fewer than {workers} workers READY after {timeout:.0f}s")
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def _answers(client: TorchServeClient, model_name: str, images: np.ndarray,

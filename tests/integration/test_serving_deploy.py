@@ -31,6 +31,7 @@ class Load:
     sent: dict[str, np.ndarray] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     count: int = 0
+    slowest: float = 0.0
 
     def run(self, stop: threading.Event, minimum: int) -> None:
         rng = np.random.default_rng(self.seed)
@@ -47,6 +48,7 @@ class Load:
                     self.failures.append(f"{answer.status_code} {answer.text}")
             except OSError as error:
                 self.failures.append(str(error))
+            self.slowest = max(self.slowest, time.monotonic() - started)
             self.count += 1
             time.sleep(max(0.0, self.period - (time.monotonic() - started)))
 
@@ -89,7 +91,8 @@ def test_deploy_under_load_drops_no_request_and_logs_every_prediction(serving, c
     assert [load.failures for load in loads] == [[], []]
     total = sum(load.count for load in loads)
     assert total >= 500
-    print(f"\nload: {total} requests in {elapsed:.1f}s ({total / elapsed:.0f} req/s), deploy "
+    print(f"\nload: {total} requests in {elapsed:.1f}s ({total / elapsed:.0f} req/s), slowest "
+          f"{max(load.slowest for load in loads) * 1000:.0f} ms, deploy "
           + ", ".join(f"{step.name} {step.seconds:.2f}s" for step in record.steps))
 
     sent = {request_id: images for load in loads for request_id, images in load.sent.items()}
@@ -113,7 +116,9 @@ def test_broken_archive_is_rolled_back(serving, champion_v1, tmp_path) -> None:
     canary = random_images(8, 5)
     record = deploy(serving.client, archive, "champion", "9", canary, np.full((8, 10), 0.1, dtype=np.float32))
     assert record.outcome == "rolled_back"
-    assert "Failed to start workers" in record.reason
+    assert "failed to start workers (worker 0 restarted" in record.reason
+    assert [step.name for step in record.steps][:2] == ["register", "wait_ready"]
+    assert record.steps[1].seconds < 30  # not the 120 s ready_timeout: a restarting worker has failed
     assert record.old_version == before
     assert serving.client.default_version("champion") == before
     assert "9" not in serving.client.versions("champion")
