@@ -89,8 +89,9 @@ def _retrain(new: ImageSet, previous: ImageSet, settings: BenchSettings, champio
     repeated = np.repeat(np.arange(len(new)), config.new_sample_repeat)
     data = ImageSet(np.concatenate([new.images[repeated], previous.images]),
                     np.concatenate([new.labels[repeated], previous.labels]), previous.class_names)
-    recipe = replace(champion_recipe(config.champion_augment), epochs=config.train_epochs, seed=config.seed, family=config.champion_family,
-                     max_seconds=config.train_max_seconds or None, patience=config.train_patience)
+    recipe = replace(champion_recipe(config.champion_augment), epochs=config.train_epochs, seed=config.seed,
+                     family=config.champion_family, max_seconds=config.train_max_seconds or None,
+                     patience=config.train_patience)
     initial = champion.state_dict() if config.warm_start else None
     model, _ = train_model("champion", data, recipe, progress=False, initial_state=initial)
     return model

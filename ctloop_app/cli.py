@@ -180,7 +180,7 @@ def _bootstrap_result(args: argparse.Namespace, config: PipelineConfig, weights:
 def _role_file(text: str) -> tuple[str, Path]:
     """`--weights ROLE=FILE` as (role, path); argparse reports a malformed one with the usage."""
     role, _, path = text.partition("=")
-    if role not in ("champion", "b1", "b2") or not path:
+    if role not in ("champion", "b1", "b2") or not path:  # ctloop.models.ROLES, without importing torch
         raise argparse.ArgumentTypeError(f"{text!r}: expected ROLE=FILE with ROLE one of champion, b1, b2")
     return role, Path(path)
 

@@ -17,6 +17,11 @@ from ctloop_app.local_run import LocalRun
 from ctloop_app.stack import REGISTERED_MODEL
 
 
+def optional_figure(value: float | None) -> str:
+    """A figure to three decimals, or "n/a" for one that could not be measured (no audited parts)."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def champion_accuracies(tracking_uri: str, versions: list[str], parts: ImageSet) -> dict[str, float]:
     """Accuracy of each registered version on `parts`, in-process, by version."""
     scores = {}

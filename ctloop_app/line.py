@@ -26,7 +26,7 @@ from ctloop.modelfile import load_model
 from ctloop.models import ROLES
 from ctloop_app.stack import install_models, local_stack
 from ctloop_app.traffic import Traffic
-from ctloop_app.figures import champion_accuracies, cycle_figures
+from ctloop_app.figures import champion_accuracies, cycle_figures, optional_figure
 from ctloop_app.local_run import run_cycle
 
 
@@ -53,9 +53,9 @@ class LineResult:
         if "kept_share" in self.figures:
             figures = self.figures
             lines.append(f"consensus kept {figures['kept_share']:.3f} of the window; pseudo-label precision "
-                         f"on audited parts {_optional(figures['pseudo_label_precision'])}; B1/B2 accuracy "
-                         f"estimated {_optional(figures['estimated_branch_accuracy'])}, audited "
-                         f"{_optional(figures['branch_audited_accuracy'])}")
+                         f"on audited parts {optional_figure(figures['pseudo_label_precision'])}; B1/B2 accuracy "
+                         f"estimated {optional_figure(figures['estimated_branch_accuracy'])}, audited "
+                         f"{optional_figure(figures['branch_audited_accuracy'])}")
         lines += [f"analyze: {reason}" for reason in self.figures.get("reasons", [])]
         return "\n".join(lines)
 
@@ -81,10 +81,6 @@ def run_on_folder(models: Path, production_folder: Path, work_dir: Path, config:
                         scores[after], cycle_figures(run))
     result.write_json(work_dir / "run_summary.json")
     return result
-
-
-def _optional(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _shuffled(parts: ImageSet, seed: int) -> ImageSet:

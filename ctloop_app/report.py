@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ctloop_app.demo import DemoSummary
+from ctloop_app.figures import optional_figure
 from ctloop.images import write_atomic
 
 PHASE_COLOURS = ("#2b8a3e", "#c92a2a", "#1864ab", "#e67700")
@@ -31,10 +32,10 @@ def summary_table(summary: DemoSummary) -> str:
         ("champion", f"v{summary.champion_before} -> v{summary.champion_after}"),
         ("old champion accuracy on drifted parts", f"{summary.old_champion_accuracy_on_drift:.3f}"),
         ("new champion accuracy on drifted parts", f"{summary.new_champion_accuracy_on_drift:.3f}"),
-        ("consensus kept share", _optional(summary.kept_share)),
-        ("pseudo-label precision (audited parts)", _optional(summary.pseudo_label_precision)),
-        ("estimated champion accuracy (ATC)", _optional(summary.estimated_accuracy)),
-        ("estimated B1/B2 accuracy (disagreement)", _optional(summary.estimated_branch_accuracy)),
+        ("consensus kept share", optional_figure(summary.kept_share)),
+        ("pseudo-label precision (audited parts)", optional_figure(summary.pseudo_label_precision)),
+        ("estimated champion accuracy (ATC)", optional_figure(summary.estimated_accuracy)),
+        ("estimated B1/B2 accuracy (disagreement)", optional_figure(summary.estimated_branch_accuracy)),
         ("total seconds", f"{summary.seconds:.1f}"),
     ]
     lines += [f"{name:<42} {value}" for name, value in facts]
@@ -113,6 +114,3 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
 
-
-def _optional(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

@@ -145,7 +145,7 @@ def _wait_ready(client: TorchServeClient, model_name: str, version: str, workers
         states = client.worker_states(model_name, version)
         if sum(status == "READY" for status, _ in states) >= workers:
             return
-        for index, (status, pid) in enumerate(states):
+        for index, (_, pid) in enumerate(states):
             if pid > 0 and first_pids.setdefault(index, pid) != pid:
                 raise DeployCheckError(f"{model_name} v{version}: failed to start workers (worker {index} restarted, "
                                        f"pid {first_pids[index]} -> {pid}, before it was READY; TorchServe's model "

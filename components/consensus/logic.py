@@ -45,7 +45,6 @@ class ConsensusReport:
     per_class: dict[str, int]
     agreement: list[list[int]]
     disagreed: int
-    disagreement: float
     branch_audited_accuracy: float | None
     unconfident: int
     train_size: int
@@ -55,6 +54,11 @@ class ConsensusReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def disagreement(self) -> float:
+        """The share of the window on which B1 and B2 gave different labels."""
+        return self.disagreed / self.window if self.window else 0.0
 
     @property
     def estimated_branch_accuracy(self) -> float:
@@ -199,15 +203,13 @@ def _report(
     window_truth = collected.labels[new]
     truth = window_truth[keep]
     known = truth != UNLABELLED
-    disagreed = first.labels != second.labels
     return ConsensusReport(
         window=len(new),
         kept=int(keep.sum()),
         kept_share=float(keep.mean()) if len(new) else 0.0,
         per_class={name: int((kept_labels == i).sum()) for i, name in enumerate(collected.class_names)},
         agreement=agreement.tolist(),
-        disagreed=int(disagreed.sum()),
-        disagreement=float(disagreed.mean()) if len(new) else 0.0,
+        disagreed=int((first.labels != second.labels).sum()),
         branch_audited_accuracy=_audited_accuracy((first, second), window_truth),
         unconfident=int(((first.labels == second.labels) & ~keep).sum()),
         train_size=train_size,

@@ -10,8 +10,7 @@ from components.consensus.logic import ConsensusReport
 
 def report(pseudo_label_precision: float | None, branch_audited_accuracy: float | None = None) -> ConsensusReport:
     return ConsensusReport(window=120, kept=90, kept_share=0.75, per_class={"0": 40, "1": 50},
-                           agreement=[[40, 10], [20, 50]], disagreed=30, disagreement=0.25,
-                           branch_audited_accuracy=branch_audited_accuracy, unconfident=0, train_size=102,
+                           agreement=[[40, 10], [20, 50]], disagreed=30, branch_audited_accuracy=branch_audited_accuracy, unconfident=0, train_size=102,
                            holdout_size=18, previous_size=30, pseudo_label_precision=pseudo_label_precision)
 
 
