@@ -1,81 +1,81 @@
-"""5. Deploy under load: how many requests fail while a new champion version is swapped in.
+"""5. Deploy under load: failures and latency while a new champion version is swapped in.
 
-Client threads send one-image requests to the champion's default URL as fast as they are
-answered (keep-alive connections) while `serving.deploy.deploy` registers a new version, waits
-for its workers, smoke-tests it, sets it as the default and verifies it. A request counts as
-"during the deploy" if it was in flight at any moment between the deploy's start and end.
+A load generator in a process of its own (bench.loadgen: closed-loop threads on keep-alive
+connections) sends one-image requests to the champion's default URL. After a steady phase this
+process runs the whole deploy stage (components.deploy.logic.deploy_challenger: lock, repair,
+register, wait for workers, smoke test, set default, verify, alias, desired state, prune). A
+request counts as "during the swap" if it was in flight at any moment between the deploy's start
+and end; "steady" requests ended before it started. Latencies come from the generator's clock.
 """
 
 from __future__ import annotations
 
-import threading
+import subprocess
+import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bench.load import Connect, Reply, http_connect
-from ctloop.modelfile import load_model, predict_proba
-from ctloop_app.stack import LocalStack
-from serving.archive import build_archive
-from serving.deploy import deploy
+from components.analyze.logic import write_canary
+from components.deploy.logic import deploy_challenger
+from ctloop import registry
+from ctloop_app.stack import REGISTERED_MODEL, LocalStack
 
-SETTLE_SECONDS = 0.5  # traffic before and after the deploy, so it runs in steady load
-
-
-@dataclass(frozen=True)
-class Sent:
-    started: float
-    ended: float
-    reply: Reply
+STEADY_SECONDS = 3.0  # load before the deploy: the steady state it is compared with
+SETTLE_SECONDS = 0.5  # load after it
 
 
-def bench_deploy(stack: LocalStack, model_file: Path, canary: np.ndarray, bodies: list[bytes],
-                 concurrency: int) -> dict[str, object]:
-    """Deploy `model_file` as the champion's next version while `concurrency` threads send traffic."""
-    version = str(max(int(known) for known in stack.client.versions("champion")) + 1)
-    archive = build_archive(model_file, "champion", version, stack.model_store)
-    headers = {"Authorization": f"Bearer {stack.client.keys['inference']}", "Content-Type": "application/x-npy"}
-    connect = http_connect(f"{stack.torchserve.inference_url}/predictions/champion", headers)
-    stop = threading.Event()
-    sent: list[list[Sent]] = [[] for _ in range(concurrency)]
-    threads = [threading.Thread(target=_send_until, args=(connect, bodies, stop, sent[index]), daemon=True)
-               for index in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    time.sleep(SETTLE_SECONDS)
-    started = time.monotonic()
-    record = deploy(stack.client, archive, "champion", version, canary, predict_proba(load_model(model_file)[0], canary))
-    ended = time.monotonic()
-    time.sleep(SETTLE_SECONDS)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    everything = [entry for part in sent for entry in part]
-    during = [entry for entry in everything if entry.started < ended and entry.ended > started]
+def bench_deploy(stack: LocalStack, model_file: Path, train_set: Path, golden_set: Path, bodies: list[bytes],
+                 concurrency: int, work: Path) -> dict[str, object]:
+    """Deploy `model_file` as the champion's next version while `concurrency` clients send traffic."""
+    work.mkdir(parents=True, exist_ok=True)
+    version = registry.register_model_file(REGISTERED_MODEL, model_file, train_set, alias=registry.CHALLENGER,
+                                           tracking_uri=stack.tracking_uri)
+    canary = work / "canary.npz"
+    write_canary(model_file, golden_set, canary)
+    champion = registry.require_alias(REGISTERED_MODEL, registry.CHAMPION, stack.tracking_uri)
+    np.savez(work / "bodies.npz", *[np.frombuffer(body, dtype=np.uint8) for body in bodies])
+    generator = subprocess.Popen(
+        [sys.executable, "-m", "bench.loadgen", f"{stack.torchserve.inference_url}/predictions/champion",
+         str(stack.torchserve.key_file), str(work / "bodies.npz"), str(concurrency), str(work / "requests.npz")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if generator.stdout.readline().strip() != "ready":
+            raise RuntimeError("the load generator did not start")
+        time.sleep(STEADY_SECONDS)
+        started = time.monotonic()
+        outcome = deploy_challenger(model_file, version, canary, stack.model_store, stack.client, REGISTERED_MODEL,
+                                    stack.tracking_uri, replaces=champion)
+        ended = time.monotonic()
+        time.sleep(SETTLE_SECONDS)
+    finally:
+        generator.stdin.close()
+        generator.wait(timeout=120)
+    with np.load(work / "requests.npz") as requests:
+        rows = {name: requests[name] for name in requests.files}
+    steady = rows["ended"] < started
+    during = (rows["started"] < ended) & (rows["ended"] > started)
+    figures = {"steady": _latency(rows, steady), "during_swap": _latency(rows, during)}
+    slowest, p99 = figures["during_swap"]["max_ms"], figures["steady"]["p99_ms"]
     return {
-        "outcome": record.outcome,
-        "reason": record.reason,
-        "version": f"{record.old_version} -> {version}",
+        "version": f"{outcome.old_version} -> {version}",
+        "outcome": outcome.status,
         "deploy_seconds": round(ended - started, 3),
-        "steps": {step.name: round(step.seconds, 3) for step in record.steps},
+        "steps": {step["name"]: round(step["seconds"], 3) for step in outcome.steps},
         "concurrency": concurrency,
-        "requests_during_deploy": len(during),
-        "failed_during_deploy": sum(not entry.reply.ok for entry in during),
-        "requests_per_second_during_deploy": round(len(during) / (ended - started), 1),
-        "requests_total": len(everything),
-        "failed_total": sum(not entry.reply.ok for entry in everything),
-        "answered_by_version": dict(Counter(entry.reply.version for entry in during if entry.reply.ok)),
+        **figures,
+        "slowest_over_steady_p99": round(slowest / p99, 2) if slowest and p99 else None,
+        "answered_by_version": {str(key): value for key, value in
+                                sorted(Counter(rows["version"][during & rows["ok"]].tolist()).items())},
+        "failed_total": int(np.sum(~rows["ok"])),
     }
 
 
-def _send_until(connect: Connect, bodies: list[bytes], stop: threading.Event, sent: list[Sent]) -> None:
-    with connect() as send:
-        number = 0
-        while not stop.is_set():
-            started = time.monotonic()
-            reply = send(bodies[number % len(bodies)])
-            sent.append(Sent(started, time.monotonic(), reply))
-            number += 1
+def _latency(rows: dict[str, np.ndarray], chosen: np.ndarray) -> dict[str, float | int | None]:
+    """Requests, failures and p50/p99/max latency (ms) of the chosen requests."""
+    milliseconds = (rows["ended"][chosen] - rows["started"][chosen]) * 1000.0
+    percentile = (lambda q: round(float(np.percentile(milliseconds, q)), 2)) if len(milliseconds) else (lambda q: None)
+    return {"requests": int(np.sum(chosen)), "failed": int(np.sum(~rows["ok"][chosen])),
+            "p50_ms": percentile(50), "p99_ms": percentile(99), "max_ms": percentile(100)}

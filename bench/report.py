@@ -129,10 +129,12 @@ def _learning(lines: dict[str, Any]) -> str:
 
 def _deploy(deploy: dict[str, Any]) -> str:
     versions = ", ".join(f"v{version}: {count}" for version, count in deploy["answered_by_version"].items())
+    rows = [[phase, figures["requests"], figures["failed"], figures["p50_ms"], figures["p99_ms"], figures["max_ms"]]
+            for phase, figures in (("steady", deploy["steady"]), ("during the swap", deploy["during_swap"]))]
     return "\n\n".join([
-        f"**5. Deploy under load** ({deploy['version']}, {deploy['outcome']}): {deploy['concurrency']} client "
-        "threads sending as fast as they are answered.",
-        _table(["requests during deploy", "failed", "req/s", "deploy s", "answered by"],
-               [[deploy["requests_during_deploy"], deploy["failed_during_deploy"],
-                 deploy["requests_per_second_during_deploy"], deploy["deploy_seconds"], versions]]),
+        f"**5. Deploy under load** ({deploy['version']}, {deploy['outcome']}, the whole deploy stage in "
+        f"{deploy['deploy_seconds']} s): a separate process's {deploy['concurrency']} client threads sending "
+        f"as fast as they are answered. Slowest request during the swap / steady p99: "
+        f"{deploy['slowest_over_steady_p99']}; answered by {versions}.",
+        _table(["requests", "n", "failed", "p50 ms", "p99 ms", "max ms"], rows),
     ])

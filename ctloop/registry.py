@@ -24,6 +24,7 @@ never touched, so MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 still means no retry. What M
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -44,6 +45,7 @@ from sqlalchemy.exc import SADeprecationWarning
 from ctloop import http
 
 __all__ = [
+    "AliasMovedError",
     "CHALLENGER",
     "CHAMPION",
     "PREVIOUS_CHAMPION",
@@ -56,7 +58,9 @@ __all__ = [
     "find_version_for_run",
     "get_version_by_alias",
     "log_model_files",
+    "model_sha256",
     "promote",
+    "promote_replacing",
     "prune_versions",
     "register_model_file",
     "registry_errors",
@@ -74,6 +78,7 @@ MODEL_FILENAME = "model.pt"
 TRAIN_SET_FILENAME = "train_set.npz"
 ARTIFACT_ROOT_NAME = "mlflow-artifacts"
 RUN_ID_TAG = "ctloop.run_id"
+SHA256_TAG = "ctloop.sha256"  # of model.pt: what a served archive's model file must match
 
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
@@ -174,7 +179,7 @@ def register_model_file(
         version = existing
     else:
         log_model_files(run_id, model_file, train_set, uri)
-        version = _create_version(mlflow_client, uri, model_name, run_id)
+        version = _create_version(mlflow_client, uri, model_name, run_id, _sha256(model_file))
     if alias is not None:
         set_alias(model_name, alias, version, uri)
     if own_run:
@@ -272,6 +277,10 @@ def download_version(
     return ModelVersionFiles(str(version), model_file, train_set if train_set.is_file() else None)
 
 
+class AliasMovedError(RegistryError):
+    """The `champion` alias no longer names the version a caller expected to replace."""
+
+
 def promote(model_name: str, version: str, tracking_uri: str | None = None) -> str | None:
     """Make `version` the champion; the old champion becomes `previous-champion`.
 
@@ -287,6 +296,39 @@ def promote(model_name: str, version: str, tracking_uri: str | None = None) -> s
         set_alias(model_name, PREVIOUS_CHAMPION, old, uri)
     set_alias(model_name, CHAMPION, version, uri)
     return old
+
+
+def promote_replacing(model_name: str, version: str, replacing: str | None,
+                      tracking_uri: str | None = None) -> str | None:
+    """`promote`, as a compare-and-set: only if `champion` still names `replacing` (None: no
+    champion yet), else AliasMovedError and nothing changes.
+
+    MLflow has no conditional alias update, so the check is atomic only among callers that hold
+    the serving lock (serving.fleet.serving_lock), as every ctloop deploy does.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    current = get_version_by_alias(model_name, CHAMPION, uri)
+    if current != replacing:
+        raise AliasMovedError(f"the {CHAMPION} alias of {model_name!r} names version {current}, not "
+                              f"{replacing}: another deploy moved it")
+    return promote(model_name, version, uri)
+
+
+def model_sha256(model_name: str, version: str, tracking_uri: str | None = None) -> str:
+    """sha256 of the version's model.pt: its tag, or (versions registered before the tag) the
+    downloaded file's."""
+    uri = resolve_tracking_uri(tracking_uri)
+    model_version = _require_version(client(uri), uri, model_name, version)
+    tagged = (model_version.tags or {}).get(SHA256_TAG)
+    if tagged:
+        return tagged
+    with tempfile.TemporaryDirectory(prefix="ctloop-sha-") as folder:
+        return _sha256(download_version(model_name, version, folder, uri).model_file)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def delete_version(model_name: str, version: str, tracking_uri: str | None = None) -> None:
@@ -323,7 +365,7 @@ def prune_versions(model_name: str, keep: int, tracking_uri: str | None = None) 
     return deleted
 
 
-def _create_version(mlflow_client: MlflowClient, uri: str, model_name: str, run_id: str) -> str:
+def _create_version(mlflow_client: MlflowClient, uri: str, model_name: str, run_id: str, sha256: str) -> str:
     with registry_errors(uri, f"register a version of {model_name!r} from run {run_id}"):
         try:
             mlflow_client.create_registered_model(model_name)
@@ -335,7 +377,7 @@ def _create_version(mlflow_client: MlflowClient, uri: str, model_name: str, run_
             model_name,
             source=f"{artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_DIR}",
             run_id=run_id,
-            tags={RUN_ID_TAG: run_id},
+            tags={RUN_ID_TAG: run_id, SHA256_TAG: sha256},
         )
     return str(model_version.version)
 

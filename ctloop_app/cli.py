@@ -14,6 +14,7 @@ from ctloop.images import ImageDataError
 
 if TYPE_CHECKING:
     from ctloop_app.bootstrap import BootstrapResult
+    from ctloop_app.operate import Fleet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,6 +115,16 @@ def _parser() -> argparse.ArgumentParser:
                          help="file to copy the golden set to (the install Job uploads it to the artifact store)")
     install.add_argument("--registered-model", default="ctloop-champion", help="MLflow model name (default %(default)s)")
     install.set_defaults(command=_install)
+
+    for name, help_text in (("status", "what serves where, next to the registry; exit 1 on any split"),
+                            ("reconcile", "repair serving toward MLflow's champion alias (what every run starts with)"),
+                            ("promote", "deploy a registered version as the champion, with the deploy stage's checks"),
+                            ("rollback", "promote the version MLflow's previous-champion alias names")):
+        operate = commands.add_parser(name, help=help_text)
+        if name == "promote":
+            operate.add_argument("version", help="the MLflow model version")
+        _fleet_arguments(operate)
+        operate.set_defaults(command=_operate, operation=name)
 
     config = commands.add_parser("config", help="print the shipped pipeline parameters, to start a --config file")
     config.set_defaults(command=_config)
@@ -282,6 +293,61 @@ def _install(args: argparse.Namespace) -> int:
         print(f"ctloop install: {error}", file=sys.stderr)
         return 1
     print(result.summary())
+    return 0
+
+
+def _fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stack", type=Path, default=Path("runs/serve"),
+                        help="work folder of a running local stack (`ctloop serve`, `make run`; default %(default)s)")
+    parser.add_argument("--management-url", help="TorchServe's management API instead of --stack (keys from "
+                                                 "CTLOOP_TS_KEY_FILE or CTLOOP_TS_MANAGEMENT_KEY/_INFERENCE_KEY)")
+    parser.add_argument("--inference-url", help="TorchServe's inference API (with --management-url)")
+    parser.add_argument("--model-store", type=Path, help="TorchServe's model store (with --management-url)")
+    parser.add_argument("--tracking-uri", help="MLflow (with --management-url; default MLFLOW_TRACKING_URI)")
+    parser.add_argument("--registered-model", default="ctloop-champion", help="MLflow model (default %(default)s)")
+    parser.add_argument("--keep-versions", type=int, default=3, help="champion versions kept serving (default 3)")
+
+
+def _operate(args: argparse.Namespace) -> int:
+    from ctloop import registry
+    from ctloop_app import operate
+    from serving.client import TorchServeError
+
+    try:
+        if args.management_url:
+            if not (args.inference_url and args.model_store):
+                print("ctloop: --management-url needs --inference-url and --model-store", file=sys.stderr)
+                return 2
+            fleet = operate.Fleet(args.model_store, args.inference_url, args.management_url,
+                                  registry.resolve_tracking_uri(args.tracking_uri), args.registered_model)
+        else:
+            fleet = operate.Fleet.load(args.stack)
+        return _run_operation(args, fleet)
+    except (ValueError, TorchServeError, registry.RegistryError, RuntimeError) as error:
+        print(f"ctloop {args.operation}: {error}", file=sys.stderr)
+        return 1
+
+
+def _run_operation(args: argparse.Namespace, fleet: "Fleet") -> int:
+    from ctloop_app import operate
+
+    if args.operation == "status":
+        report = operate.status(fleet)
+        print("\n".join(report.lines(fleet)))
+        return 1 if report.splits else 0
+    if args.operation == "reconcile":
+        found = operate.reconcile_fleet(fleet)
+        print("\n".join(found.findings) or f"serving already matched the registry's champion v{found.champion}")
+        return 0
+    outcome = (operate.promote(fleet, args.version, args.keep_versions) if args.operation == "promote"
+               else operate.rollback(fleet, args.keep_versions))
+    for repair in outcome.repairs:
+        print(f"repaired first: {repair}")
+    if outcome.status != "deployed":
+        print(f"not promoted: another deploy made v{outcome.old_version} the champion meanwhile", file=sys.stderr)
+        return 1
+    print(f"champion v{outcome.new_version} serves (was v{outcome.old_version}); steps: " +
+          ", ".join(f"{step['name']} {step['seconds']:.2f}s" for step in outcome.steps))
     return 0
 
 

@@ -82,7 +82,7 @@ def _key_file(container: Container) -> dict | None:
 
 def start_serving(engine: docker.DockerClient, image: str, model_store: Path, store_dir: Path,
                   timeout: float = 180.0, models: tuple[str, ...] = ()) -> ServingContainer:
-    """Start `image` as the cluster starts it (`serve`, load_models=all from the model store), with
+    """Start `image` as the cluster starts it (`serve`: the model store's desired state), with
     `model_store` and `store_dir` mounted where the TorchServe Deployment mounts its claims; wait
     for a healthy /ping and, for each name in `models`, a ready worker of its default version."""
     from ctloop import http

@@ -5,7 +5,8 @@ From a `ctloop bootstrap --out DIR` folder (`models/{champion,b1,b2}.pt`, `data/
 1. registers the champion in MLflow, with its training set, and points the alias `champion` at it
    (when the model has no champion yet);
 2. writes the archives TorchServe loads at start into the model store: `champion-v<version>.mar`
-   (while that version is the champion), `b1-v1.mar`, `b2-v1.mar`;
+   (while that version is the champion), `b1-v1.mar`, `b2-v1.mar`, and lists them in the store's
+   desired state (serving.state), which TorchServe reads at start;
 3. copies the golden set to where the pipeline's importer reads it (the Job uploads that file to
    KFP's artifact store).
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from ctloop import registry
 from serving.archive import archive_name, build_archive
+from serving.state import ServingState, read_state, write_state
 
 REGISTERED_MODEL = "ctloop-champion"
 BRANCH_VERSION = "1"
@@ -119,12 +121,23 @@ def install(
             kept.append(target)
         else:
             written.append(build_archive(files.model_files[role], role, role_version, store, workers=workers))
+    _declare(store, wanted, workers)
 
     golden_written = False
     if golden_set is not None:
         golden_written = _copy_if_changed(files.golden_set, Path(golden_set))
     return InstallResult(version, registered, alias, written, kept,
                          Path(golden_set) if golden_set is not None else None, golden_written)
+
+
+def _declare(store: Path, served: list[tuple[str, str]], workers: int) -> None:
+    """Add the models the desired state does not list yet (serving.state), which TorchServe
+    then serves at start; models it lists (a retrained champion) are the deploy stage's."""
+    state = read_state(store) or ServingState()
+    for role, version in served:
+        if role not in state.models:
+            state = state.serve_archive(role, version, store / archive_name(role, version), workers)
+    write_state(store, state)
 
 
 def _register_once(files: BootstrapFiles, uri: str, model_name: str) -> tuple[str, bool]:

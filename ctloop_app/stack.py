@@ -17,9 +17,11 @@ from typing import Iterator
 from ctloop import registry
 from ctloop_app.install import BRANCH_VERSION, REGISTERED_MODEL
 from ctloop_app.mlflow_server import MlflowServer
+from ctloop_app.operate import Fleet
 from serving.archive import build_archive
 from serving.client import TorchServeClient
 from serving.server import LocalTorchServe
+from serving.state import ServingState, write_state
 
 __all__ = ["BRANCH_VERSION", "REGISTERED_MODEL", "LocalStack", "install_models", "local_stack", "stage_environment"]
 
@@ -61,6 +63,10 @@ def local_stack(work_dir: str | Path, mlflow_server: bool = True) -> Iterator[Lo
         torchserve = stack.enter_context(LocalTorchServe(work_dir / "torchserve", store_dir=work_dir / "store"))
         client = TorchServeClient(torchserve.inference_url, torchserve.management_url, torchserve.keys())
         stack.callback(client.close)
+        # For `ctloop status`, `promote`, `rollback` and `reconcile --stack WORK_DIR` while it runs.
+        described = Fleet(torchserve.model_store, torchserve.inference_url, torchserve.management_url, tracking_uri,
+                          REGISTERED_MODEL, torchserve.key_file).save(work_dir)
+        stack.callback(described.unlink, missing_ok=True)
         yield LocalStack(work_dir, torchserve, tracking_uri, client)
 
 
@@ -74,10 +80,13 @@ def install_models(
     version = registry.register_model_file(REGISTERED_MODEL, model_files["champion"], train_set,
                                            tracking_uri=stack.tracking_uri)
     registry.promote(REGISTERED_MODEL, version, stack.tracking_uri)
+    state = ServingState()
     for role in ("champion", "b1", "b2"):
         role_version = version if role == "champion" else BRANCH_VERSION
         archive = build_archive(model_files[role], role, role_version, stack.model_store, workers=workers)
         stack.client.register(archive.name, role, initial_workers=workers)
+        state = state.serve_archive(role, role_version, archive, workers)
+    write_state(stack.model_store, state)  # what a restarted TorchServe serves (serving.state)
     return version
 
 

@@ -1,4 +1,4 @@
-"""The continuous-training pipeline: monitor -> If(retrain) collect -> validate ->
+"""The continuous-training pipeline: reconcile serving -> monitor -> If(retrain) collect -> validate ->
 consensus-filter -> train -> analyze -> If(deploy) deploy + notify / Else notify, inside an
 ExitHandler that alerts on failure.
 
@@ -14,7 +14,7 @@ from kfp import dsl
 from components.analyze.component import analyze_op
 from components.collect.component import collect_op
 from components.consensus.component import consensus_op
-from components.deploy.component import deploy_op
+from components.deploy.component import deploy_op, reconcile_op
 from components.monitor.component import monitor_op
 from components.notify.component import (
     notify_deployed_op,
@@ -30,6 +30,7 @@ from kubeflow_pipeline.kubernetes import for_cluster
 
 PIPELINE_NAME = "ctloop-continuous-training"
 STAGE_OF: dict[Callable, str] = {
+    reconcile_op: "deploy",
     monitor_op: "monitor",
     collect_op: "collect",
     validate_op: "validate",
@@ -99,11 +100,15 @@ def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSetting
         run_name = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         exit_alert = ops[notify_run_end_op](run_name=run_name).set_display_name("alert on failure")
         with dsl.ExitHandler(exit_alert, name="continuous-training"):
+            repair = ops[reconcile_op](
+                model_store=model_store, ts_inference_url=ts_inference_url, ts_management_url=ts_management_url,
+                mlflow_tracking_uri=mlflow_tracking_uri, registered_model=registered_model, run_name=run_name,
+            ).set_display_name("reconcile serving")
             monitor = ops[monitor_op](
                 store_dir=store_dir, recent_window=recent_window, yield_threshold=yield_threshold,
                 use_yield_threshold=use_yield_threshold, yield_drop_tolerance=yield_drop_tolerance,
                 yield_floor=yield_floor, yield_confidence=yield_confidence, trigger=trigger, run_name=run_name,
-            ).set_display_name("monitor yield")
+            ).set_display_name("monitor yield").after(repair)
             # kfp.local resolves a condition on a task's single "Output" inside nested DAGs, not on
             # named outputs; so the decisions are return values and their figures are artifacts.
             with dsl.If(monitor.outputs["Output"] == True, name="retrain-needed"):  # noqa: E712
@@ -151,13 +156,13 @@ def _retrain(ops: dict, monitor: dsl.PipelineTask, p: dict) -> None:
     with dsl.If(analyze.outputs["Output"] == True, name="challenger-is-better"):  # noqa: E712
         deploy = ops[deploy_op](
             challenger=train.outputs["model"], version=train.outputs["version"], canary_set=analyze.outputs["canary"],
-            model_store=p["model_store"], ts_inference_url=p["ts_inference_url"],
+            decision=analyze.outputs["decision"], model_store=p["model_store"], ts_inference_url=p["ts_inference_url"],
             ts_management_url=p["ts_management_url"], mlflow_tracking_uri=p["mlflow_tracking_uri"],
             registered_model=p["registered_model"], keep_versions=p["keep_versions"], run_name=run_name,
         ).set_display_name("deploy")
         ops[notify_deployed_op](
             old_version=deploy.outputs["old_version"], new_version=deploy.outputs["new_version"],
-            decision=analyze.outputs["decision"], kept_share=consensus.outputs["kept_share"],
+            status=deploy.outputs["status"], decision=analyze.outputs["decision"], kept_share=consensus.outputs["kept_share"],
             disagreement=consensus.outputs["disagreement"], run_name=run_name,
         ).set_display_name("slack: deployed")
     with dsl.Else(name="challenger-not-better"):

@@ -99,6 +99,11 @@ class TorchServeClient:
     def set_default(self, model_name: str, version: str) -> None:
         self._manage("PUT", f"/models/{model_name}/{version}/set-default")
 
+    def models(self) -> list[str]:
+        """The names of every registered model."""
+        listing = self._manage("GET", "/models", limit=1000)
+        return [str(entry["modelName"]) for entry in listing["models"]]  # type: ignore[index]
+
     def describe(self, model_name: str) -> list[dict]:
         """TorchServe's description of every registered version of `model_name`."""
         return list(self._manage("GET", f"/models/{model_name}/all"))  # type: ignore[arg-type]
@@ -120,15 +125,6 @@ class TorchServeClient:
 
     def unregister(self, model_name: str, version: str) -> None:
         self._manage("DELETE", f"/models/{model_name}/{version}", timeout=self.timeout * 2)
-
-    def keep_newest(self, model_name: str, count: int) -> list[str]:
-        """Unregister all but the newest `count` versions, never the default; returns those removed."""
-        default = self.default_version(model_name)
-        versions = self.versions(model_name)
-        doomed = [version for version in versions[: max(len(versions) - count, 0)] if version != default]
-        for version in doomed:
-            self.unregister(model_name, version)
-        return doomed
 
     def predict(self, model_name: str, images: bytes | np.ndarray, version: str | None = None,
                 canary: bool = False, request_id: str | None = None) -> Prediction:

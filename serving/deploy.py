@@ -1,9 +1,11 @@
 """Zero-downtime deploy of a model version to a running TorchServe, with rollback.
 
 register -> wait until ready -> smoke test on a canary batch (must equal the in-process
-predictions of the same model file, computed by the caller: this module needs no torch) -> set default -> verify -> done. Any failure rolls back: the previous
-default is (again) the default and the new version is unregistered. Requests keep flowing to the
-previous default until the atomic set-default, so no request fails during a deploy.
+predictions of the same model file, computed by the caller: this module needs no torch) -> set
+default -> verify -> done. Any failure rolls back: the previous default is (again) the default and
+the new version, if this deploy registered it, is unregistered. A version an earlier attempt
+registered is carried on from the wait, never unregistered: it may be what serves. Requests keep
+flowing to the previous default until the atomic set-default, so no request fails during a deploy.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from serving.client import TorchServeClient, TorchServeError
+from serving.fleet import ReadyError, wait_ready
 
 
 class DeployCheckError(RuntimeError):
@@ -77,10 +80,10 @@ def deploy(
     record = DeployRecord(model_name, str(version), _current_default(client, model_name))
     registered = default_changed = False
     try:
-        if str(version) in _registered_versions(client, model_name):
-            raise DeployCheckError(f"{model_name} version {version} is already registered; versions are immutable")
-        registered = True  # a failed registration (e.g. workers fail to load) may still leave it registered
-        _step(record, "register", lambda: client.register(Path(archive).name, model_name, workers, wait=False))
+        # Registered already: an earlier attempt died after registering; carry on from there.
+        if str(version) not in _registered_versions(client, model_name):
+            registered = True  # a failed registration (e.g. workers fail to load) may still leave it registered
+            _step(record, "register", lambda: client.register(Path(archive).name, model_name, workers, wait=False))
         _step(record, "wait_ready", lambda: _wait_ready(client, model_name, str(version), workers, ready_timeout))
         labels = _step(record, "smoke_test", lambda: _check_answers(
             client, model_name, canary_images, probabilities, tolerance, str(version), str(version)))
@@ -133,26 +136,10 @@ def _registered_versions(client: TorchServeClient, model_name: str) -> list[str]
 
 
 def _wait_ready(client: TorchServeClient, model_name: str, version: str, workers: int, timeout: float) -> None:
-    """Poll an asynchronously registered version until `workers` are READY.
-
-    TorchServe 0.12 has no status for a worker that failed to load: it stays "UNLOADING" and is
-    restarted under a new pid, again and again. A worker seen with one pid and then another
-    before it was ever READY has therefore failed, and waiting longer would not help.
-    """
-    deadline = time.monotonic() + timeout
-    first_pids: dict[int, int] = {}
-    while True:
-        states = client.worker_states(model_name, version)
-        if sum(status == "READY" for status, _ in states) >= workers:
-            return
-        for index, (_, pid) in enumerate(states):
-            if pid > 0 and first_pids.setdefault(index, pid) != pid:
-                raise DeployCheckError(f"{model_name} v{version}: failed to start workers (worker {index} restarted, "
-                                       f"pid {first_pids[index]} -> {pid}, before it was READY; TorchServe's model "
-                                       "log says why)")
-        if time.monotonic() > deadline:
-            raise DeployCheckError(f"{model_name} v{version}: fewer than {workers} workers READY after {timeout:.0f}s")
-        time.sleep(0.1)
+    try:
+        wait_ready(client, model_name, version, workers, timeout)
+    except ReadyError as error:
+        raise DeployCheckError(str(error)) from error
 
 
 def _answers(client: TorchServeClient, model_name: str, images: np.ndarray,

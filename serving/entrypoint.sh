@@ -13,9 +13,12 @@ if [ "${1:-serve}" = serve ]; then
     export LOG_LOCATION="${LOG_LOCATION:-$home/logs}"
     export METRICS_LOCATION="${METRICS_LOCATION:-$LOG_LOCATION}"
     mkdir -p "$LOG_LOCATION" "$home/model-store"
-    # --ncs: no config snapshots; the models come from the model store (load_models=all).
+    # The versions the store's desired state lists, with their defaults (serving/state.py); a
+    # store without one loads every archive in it (load_models=all). --ncs: TorchServe writes no
+    # snapshots of its own.
+    python "$home/ctloop_state.py" config "$home/config.properties" "$home/model-store" /tmp/ctloop-config.properties
     exec torchserve --start --foreground --ncs \
-        --ts-config "$home/config.properties" \
+        --ts-config /tmp/ctloop-config.properties \
         --log-config "$home/log4j2.xml" \
         "$@"
 fi

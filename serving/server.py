@@ -29,6 +29,7 @@ import psutil
 
 from ctloop import http, wire
 from ctloop.process import ServerProcess, ServerStartError, free_ports as _free_ports
+from serving.state import read_state, render_config
 
 if TYPE_CHECKING:
     import subprocess
@@ -140,7 +141,9 @@ class LocalTorchServe:
         for directory in (self.model_store, self.log_dir, self._tmp_dir()):
             directory.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "config.properties"
-        config.write_text(instance_config(self.ports, self.model_store, self.config_overrides))
+        # Exactly the versions the store's desired state lists, with its defaults (serving.state).
+        config.write_text(render_config(instance_config(self.ports, self.model_store, self.config_overrides),
+                                        read_state(self.model_store)))
         self.key_file.unlink(missing_ok=True)
         command = [
             str(Path(sys.executable).with_name("torchserve")), "--start", "--foreground",

@@ -16,6 +16,7 @@ from ctloop_app.stack import BRANCH_VERSION, REGISTERED_MODEL, LocalStack
 from ctloop_app.traffic import Answer, Traffic
 from ctloop_app.local_run import LocalRun, run_cycle
 from serving.archive import archive_name, build_archive
+from serving.state import ServingState, write_state
 from serving_support import SharedTorchServe
 
 BRANCHES = ("b1", "b2")
@@ -50,7 +51,16 @@ def stack_on(torchserve: SharedTorchServe, work_dir: Path, boot: BootstrapResult
             build_archive(boot.model_files[role], role, role_version, built)
         shutil.copyfile(archive, stack.model_store / archive.name)
         stack.client.register(archive.name, role)
+    declare(stack.model_store, {"champion": version, **{role: BRANCH_VERSION for role in BRANCHES}})
     return stack
+
+
+def declare(model_store: Path, versions: dict[str, str]) -> None:
+    """The desired state install writes (serving.state): each model's archive of that version."""
+    state = ServingState()
+    for role, version in versions.items():
+        state = state.serve_archive(role, version, model_store / archive_name(role, version))
+    write_state(model_store, state)
 
 
 def play(stack: LocalStack, boot: BootstrapResult, drift: bool, window: int,

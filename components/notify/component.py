@@ -17,13 +17,14 @@ def notify_retrain_op(decision: Input[Artifact], run_name: str):
     announce_retrain(Path(decision.path), run_name)
 
 
-def notify_deployed_op(old_version: str, new_version: str, decision: Input[Artifact], kept_share: float,
-                       disagreement: float, run_name: str):
-    """Slack: the challenger was deployed.
+def notify_deployed_op(old_version: str, new_version: str, status: str, decision: Input[Artifact],
+                       kept_share: float, disagreement: float, run_name: str):
+    """Slack: the challenger was deployed (or, status "superseded", another run's champion came first).
 
     Args:
         old_version: the champion version replaced.
         new_version: the new champion version.
+        status: the deploy stage's status.
         decision: the analyze stage's decision with the metric deltas (JSON).
         kept_share: the share of the window the consensus stage kept.
         disagreement: the share of the window on which B1 and B2 disagreed.
@@ -33,7 +34,8 @@ def notify_deployed_op(old_version: str, new_version: str, decision: Input[Artif
 
     from components.notify.logic import Consensus, announce_deployed
 
-    announce_deployed(old_version, new_version, Path(decision.path), run_name, Consensus(kept_share, disagreement))
+    announce_deployed(old_version, new_version, Path(decision.path), run_name, Consensus(kept_share, disagreement),
+                      status)
 
 
 def notify_not_deployed_op(decision: Input[Artifact], kept_share: float, disagreement: float, run_name: str):

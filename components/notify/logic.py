@@ -53,17 +53,25 @@ def announce_retrain(decision_path: Path, run_name: str | None = None) -> Delive
 
 
 def announce_deployed(old_version: str, new_version: str, decision_path: Path, run_name: str | None = None,
-                      consensus: Consensus | None = None) -> Delivery:
-    """Slack: the challenger was deployed, with the accuracy deltas of analyze's decision JSON.
+                      consensus: Consensus | None = None, status: str = "deployed") -> Delivery:
+    """Slack: the challenger was deployed, with the accuracy deltas of analyze's decision JSON;
+    or, when the deploy stage's status is "superseded", that another run's champion came first.
 
     Args:
-        old_version: the champion version replaced.
-        new_version: the new champion version.
-        decision_path: the analyze stage's decision (JSON with "deltas").
+        old_version: the champion version replaced (superseded: the champion that came first).
+        new_version: the new champion version (superseded: the challenger, not deployed).
+        decision_path: the analyze stage's decision (JSON with "deltas" and "champion_version").
         run_name: the pipeline run, shown as context.
         consensus: the consensus stage's kept share and B1/B2 disagreement on the window.
+        status: the deploy stage's status, "deployed" or "superseded".
     """
-    decision = _read_decision(decision_path, ("deltas",), "the analyze stage's AnalysisResult.decision()")
+    decision = _read_decision(decision_path, ("deltas", "champion_version"),
+                              "the analyze stage's AnalysisResult.decision()")
+    if status == "superseded":
+        reason = (f"Superseded: v{new_version} was judged against champion v{decision['champion_version']}, but "
+                  f"another run deployed v{old_version} meanwhile. Nothing was changed; the next run judges "
+                  f"against v{old_version}.")
+        return deliver(not_deployed([reason], run_name=run_name, consensus=consensus))
     return deliver(deployed(old_version, new_version, decision["deltas"], run_name=run_name, consensus=consensus))
 
 

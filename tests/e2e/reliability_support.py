@@ -19,9 +19,8 @@ import psutil
 
 from ctloop import registry
 from ctloop.images import ImageSet
-from ctloop_app.stack import BRANCH_VERSION, REGISTERED_MODEL, LocalStack
+from ctloop_app.stack import REGISTERED_MODEL, LocalStack
 from serving import store
-from serving.archive import archive_name
 from serving.client import TorchServeClient, TorchServeError
 
 
@@ -78,17 +77,13 @@ def _check_registry(tracking_uri: str) -> None:
 
 
 def restart_torchserve(stack: LocalStack) -> None:
-    """Start TorchServe again on the same ports and model store (it keeps no state across a
-    restart, `--ncs`) and serve what the registry names: the `champion` alias's archive as the
-    champion, B1 and B2. The stack's client gets the new keys."""
+    """Start TorchServe again on the same ports and model store; it serves what the store's
+    desired state lists (serving.state), nothing registered by hand. The stack's client gets the
+    new keys."""
     if stack.torchserve.process is not None:
         stack.torchserve.stop()
     stack.torchserve.start()
     stack.client.keys = stack.torchserve.keys()
-    champion = registry.require_alias(REGISTERED_MODEL, registry.CHAMPION, stack.tracking_uri)
-    stack.client.register(archive_name("champion", champion), "champion")
-    for role in ("b1", "b2"):
-        stack.client.register(archive_name(role, BRANCH_VERSION), role)
 
 
 class Watcher:

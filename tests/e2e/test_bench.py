@@ -107,6 +107,7 @@ def test_learning_scores_are_shares_on_both_lines(tiny, line: str) -> None:
 
 def test_deploy_under_load_loses_nothing(tiny) -> None:
     deploy = tiny[0]["deploy"]
-    assert deploy["outcome"] == "deployed", deploy["reason"]
-    assert deploy["requests_during_deploy"] > 0
-    assert deploy["failed_during_deploy"] == 0 and deploy["failed_total"] == 0
+    assert deploy["outcome"] == "deployed"
+    assert deploy["during_swap"]["requests"] > 0 and deploy["steady"]["requests"] > 0
+    assert deploy["during_swap"]["failed"] == 0 and deploy["failed_total"] == 0
+    assert deploy["during_swap"]["max_ms"] < 3000

@@ -11,6 +11,7 @@ CTLOOP_REQUIRE_DOCKER=1 that is a failure instead. Times are printed (`pytest -s
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pipeline_support import play
+from pipeline_support import declare, play
 
 from ctloop import registry
 from ctloop.config import PipelineConfig
@@ -120,6 +121,7 @@ def cstack(engine, built, boot, mlflow_schema: Path, tmp_path: Path) -> Iterator
         for role in ("champion", "b1", "b2"):
             build_archive(boot.model_files[role], role, version if role == "champion" else BRANCH_VERSION,
                           model_store)
+        declare(model_store, {"champion": version, "b1": BRANCH_VERSION, "b2": BRANCH_VERSION})
         serving = start_serving(engine, IMAGES.image("serving"), model_store, store, models=("champion", "b1", "b2"))
         client = serving.client()
         print(f"stack (MLflow server, serving container with 3 models ready) in {time.monotonic() - started:.1f} s")
@@ -163,14 +165,14 @@ def outbox(stack: ContainerStack) -> list[str]:
 
 
 def test_drift_retrains_in_the_images_and_the_served_champion_answers_from_v2(
-        cstack: ContainerStack, boot, containers: list[ContainerRun]) -> None:
+        cstack: ContainerStack, boot, containers: list[ContainerRun], engine) -> None:
     answered = len(play(cstack, boot, drift=True, window=WINDOW))
     run = cycle(cstack, boot, SMALL)
     assert run.succeeded, run.error
     assert_every_task_ran_in_its_image(run, containers)
     assert {ran.function for ran in containers} >= {"monitor_op", "collect_op", "validate_op", "consensus_op",
                                                     "train_op", "analyze_op", "deploy_op", "notify_deployed_op"}
-    assert run.task("deploy-op").parameters == {"old_version": "1", "new_version": "2"}
+    assert run.task("deploy-op").parameters == {"old_version": "1", "new_version": "2", "status": "deployed"}
 
     # The deploy stage wrote v2's archive into the model-store volume as its own user, and the
     # TorchServe in the serving container registered it from there and made it the default.
@@ -186,6 +188,18 @@ def test_drift_retrains_in_the_images_and_the_served_champion_answers_from_v2(
     # The champion handler in the container keeps logging to the mounted prediction store.
     records = read_prediction_log(cstack.store_dir / "predictions.jsonl")
     assert len(records) >= answered + 1
+
+    # Killed (SIGKILL, as the OOM killer does) and replaced by a new container on the same volumes,
+    # as Kubernetes replaces a pod: it serves exactly the desired state the deploy wrote, v2.
+    cstack.serving.container.kill()
+    again = start_serving(engine, IMAGES.image("serving"), cstack.model_store, cstack.store_dir,
+                          models=("champion", "b1", "b2"))
+    try:
+        with contextlib.closing(again.client()) as client:
+            assert (client.default_version("champion"), client.versions("champion")) == ("2", ["1", "2"])
+            assert client.predict("champion", ImageSet.load(boot.golden_set).images[:1]).model_version == "2"
+    finally:
+        again.stop()
 
 
 def test_a_challenger_that_is_not_better_enough_is_not_deployed_in_the_images(

@@ -43,7 +43,7 @@ def test_drift_retrains_and_deploys_a_better_champion_despite_slack_500_and_a_cu
     monkeypatch.setenv("SLACK_WEBHOOK_URL", slack.url)
     run = cycle(stack, boot, tmp_path, SMALL)
     assert run.succeeded, run.error
-    assert run.task("deploy-op").parameters == {"old_version": "1", "new_version": "2"}
+    assert run.task("deploy-op").parameters == {"old_version": "1", "new_version": "2", "status": "deployed"}
     monitored = run.task("monitor-op").artifacts["metrics"]["metadata"]
     # The served champion's records carry its card's ATC threshold (fitted on the golden set at
     # bootstrap, accuracy 0.98 there): on the drifted window the estimate falls with the accuracy.
@@ -112,5 +112,5 @@ def test_healthy_yield_stops_after_the_monitor(stack, boot, tmp_path) -> None:
     run = cycle(stack, boot, tmp_path, SMALL)
     assert run.succeeded, run.error
     assert run.task("monitor-op").parameters["Output"] is False
-    assert set(run.tasks) == {"monitor-op", "notify-run-end-op"}
+    assert set(run.tasks) == {"reconcile-op", "monitor-op", "notify-run-end-op"}
     assert not stack.slack_outbox.exists()

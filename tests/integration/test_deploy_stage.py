@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.analyze.logic import write_canary
 from components.deploy.logic import DeployFailedError, deploy_challenger, deploy_to_torchserve
 from ctloop import registry
 from ctloop.images import ImageSet
 from ctloop.modelfile import load_model, predict_proba
-from ctloop.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistryError
-from serving_support import CLASS_NAMES, random_images, write_model
+from ctloop.registry import CHAMPION, PREVIOUS_CHAMPION, RegistryError
+from deploy_support import aliases, new_challenger
+from serving_support import CLASS_NAMES, random_images
 
 pytestmark = pytest.mark.serving
 
@@ -49,20 +49,6 @@ def champion(serving, model_files, tracking_uri: str) -> str:
     return version
 
 
-def new_challenger(folder: Path, tracking_uri: str, seed: int, golden_set: Path) -> tuple[Path, str, Path]:
-    """A challenger registered as the next version, with the alias `challenger`, as train leaves it,
-    and its canary batch, as analyze leaves it."""
-    model = write_model("champion", folder / "challenger.pt", seed)
-    version = registry.register_model_file(REGISTERED, model, tracking_uri=tracking_uri, alias=CHALLENGER)
-    write_canary(model, golden_set, folder / "canary.npz")
-    return model, version, folder / "canary.npz"
-
-
-def aliases(tracking_uri: str) -> dict[str, str | None]:
-    return {alias: registry.get_version_by_alias(REGISTERED, alias, tracking_uri)
-            for alias in (CHAMPION, PREVIOUS_CHAMPION)}
-
-
 def test_a_deploy_moves_the_default_and_both_aliases(serving, champion, tracking_uri: str, golden_set: Path,
                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     old_default, old_champion = serving.client.default_version("champion"), aliases(tracking_uri)[CHAMPION]
@@ -77,7 +63,7 @@ def test_a_deploy_moves_the_default_and_both_aliases(serving, champion, tracking
     assert serving.client.predict("champion", random_images(2, seed=6), canary=True).model_version == version
     assert aliases(tracking_uri) == {CHAMPION: version, PREVIOUS_CHAMPION: old_champion}
     assert (outcome.old_version, outcome.previous_champion) == (old_default, old_champion)
-    assert outcome.outputs() == {"old_version": old_default, "new_version": version}
+    assert outcome.outputs() == {"old_version": old_default, "new_version": version, "status": "deployed"}
     steps = ["register", "wait_ready", "smoke_test", "set_default", "verify"]
     assert [step["name"] for step in outcome.steps] == steps
     golden = ImageSet.load(golden_set)
@@ -87,28 +73,37 @@ def test_a_deploy_moves_the_default_and_both_aliases(serving, champion, tracking
         {**{f"{step['name']}_seconds": step["seconds"] for step in outcome.steps}, "canary_accuracy": expected})
 
 
-@pytest.mark.parametrize("failure", ["registered model MLflow does not have", "MLflow down"])
 def test_an_alias_that_cannot_move_switches_serving_back(serving, champion, tracking_uri: str, golden_set: Path,
-                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         failure: str) -> None:
+                                                         tmp_path: Path) -> None:
+    """The new version serves, then MLflow refuses the alias (it has no such registered model)."""
     old_default, old_aliases = serving.client.default_version("champion"), aliases(tracking_uri)
-    model, version, canary_set = new_challenger(tmp_path, tracking_uri, 21 if failure == "MLflow down" else 22,
-                                                golden_set)
-    if failure == "MLflow down":
-        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-        name, uri, cause = REGISTERED, DOWN, f"cannot reach the MLflow tracking server at {DOWN}"
-    else:
-        name, uri, cause = "no-such-model", tracking_uri, f"model 'no-such-model' has no version {version}"
+    model, version, canary_set = new_challenger(tmp_path, tracking_uri, 22, golden_set)
 
     with pytest.raises(DeployFailedError) as failed:
-        deploy_challenger(model, version, canary_set, serving.server.model_store, serving.client, name, uri)
+        deploy_challenger(model, version, canary_set, serving.server.model_store, serving.client, "no-such-model",
+                          tracking_uri)
 
     assert str(failed.value).startswith(
         f"champion version {version} served but the registry alias could not move, so serving was switched "
         f"back to version {old_default}: ")
-    assert cause in str(failed.value) and isinstance(failed.value.__cause__, RegistryError)
+    assert f"model 'no-such-model' has no version {version}" in str(failed.value)
+    assert isinstance(failed.value.__cause__, RegistryError)
     assert serving.client.default_version("champion") == old_default
     assert version not in serving.client.versions("champion")
     assert serving.client.predict("champion", random_images(2, seed=7), canary=True).model_version == old_default
     assert aliases(tracking_uri) == old_aliases
+
+
+def test_a_registry_that_cannot_be_reached_stops_the_deploy_before_serving_changes(
+        serving, champion, tracking_uri: str, golden_set: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    old_default, old_versions = serving.client.default_version("champion"), serving.client.versions("champion")
+    model, version, canary_set = new_challenger(tmp_path, tracking_uri, 21, golden_set)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+
+    with pytest.raises(RegistryError, match=f"cannot reach the MLflow tracking server at {DOWN}"):
+        deploy_challenger(model, version, canary_set, serving.server.model_store, serving.client, REGISTERED, DOWN)
+
+    assert (serving.client.default_version("champion"), serving.client.versions("champion")) == (
+        old_default, old_versions)

@@ -45,9 +45,10 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_public_names() -> None:
     assert set(registry.__all__) == {
-        "CHALLENGER", "CHAMPION", "PREVIOUS_CHAMPION", "ModelVersionFiles", "RegistryError",
+        "AliasMovedError", "CHALLENGER", "CHAMPION", "PREVIOUS_CHAMPION", "ModelVersionFiles", "RegistryError",
         "client", "delete_version", "download_version", "ensure_experiment",
-        "find_version_for_run", "get_version_by_alias", "log_model_files", "promote",
+        "find_version_for_run", "get_version_by_alias", "log_model_files", "model_sha256", "promote",
+        "promote_replacing",
         "prune_versions", "register_model_file", "registry_errors", "require_alias",
         "resolve_tracking_uri", "set_alias",
     }

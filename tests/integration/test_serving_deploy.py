@@ -14,7 +14,7 @@ import pytest
 from ctloop.modelfile import load_model, predict_proba
 from serving import store
 from serving.archive import build_archive
-from serving.client import TorchServeClient, TorchServeError
+from serving.client import TorchServeClient
 
 from serving_support import random_images, write_model
 
@@ -137,16 +137,3 @@ def test_wrong_answers_are_rolled_back_after_nothing_changed(serving, champion_v
     assert record.steps[-2].name == "smoke_test" and not record.steps[-2].ok
     assert serving.client.default_version("champion") == before
     assert "10" not in serving.client.versions("champion")
-
-
-def test_keep_newest_never_removes_the_default(serving, champion_v1) -> None:
-    for version in ("3", "4"):
-        archive = build_archive(champion_v1, "champion", version, serving.server.model_store)
-        serving.client.register(archive.name, "champion")
-    default = serving.client.default_version("champion")
-    removed = serving.client.keep_newest("champion", 1)
-    assert default not in removed
-    assert serving.client.versions("champion") == sorted({default, "4"}, key=int)
-    with pytest.raises(TorchServeError) as missing:
-        serving.client.unregister("champion", "3")
-    assert missing.value.status == 404

@@ -128,7 +128,10 @@ def test_serving_image_runs_the_tested_runtime() -> None:
     entrypoint = (ROOT / "serving" / "entrypoint.sh").read_text()
     assert "COPY serving/entrypoint.sh /usr/local/bin/ctloop-serving-entrypoint" in text
     assert "exec torchserve --start --foreground" in entrypoint
-    assert '--ts-config "$home/config.properties"' in entrypoint and '--log-config "$home/log4j2.xml"' in entrypoint
+    assert "COPY --chown=1000:1000 serving/state.py /home/model-server/ctloop_state.py" in text
+    assert ('python "$home/ctloop_state.py" config "$home/config.properties" "$home/model-store" '
+            '/tmp/ctloop-config.properties') in entrypoint, "TorchServe starts from the store's desired state"
+    assert "--ts-config /tmp/ctloop-config.properties" in entrypoint and '--log-config "$home/log4j2.xml"' in entrypoint
     assert "disable-token-auth" not in entrypoint + text
 
 

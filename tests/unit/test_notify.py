@@ -150,6 +150,16 @@ def test_announce_deployed_reads_the_deltas_of_the_analyze_decision(tmp_path, ou
     assert message["blocks"][2]["text"]["text"] == "*holdout accuracy*: +0.300\n*golden accuracy*: +0.300"
 
 
+def test_a_superseded_deploy_is_announced_as_not_deployed_naming_both_champions(tmp_path, outbox):
+    decision = tmp_path / "decision.json"
+    decision.write_text(json.dumps(analysis(6, 9).decision("3")))
+    announce_deployed("5", "4", decision, "ct-16", status="superseded")
+    message = outbox_lines(outbox)[0]["message"]
+    assert message == not_deployed(["Superseded: v4 was judged against champion v3, but another run deployed v5 "
+                                    "meanwhile. Nothing was changed; the next run judges against v5."],
+                                   run_name="ct-16")
+
+
 def test_announce_not_deployed_reads_the_reasons_of_the_analyze_decision(tmp_path, outbox):
     decision = tmp_path / "decision.json"
     decision.write_text(json.dumps(analysis(9, 6).decision("3")))
@@ -173,7 +183,7 @@ def test_both_outcomes_show_what_consensus_saw(tmp_path, outbox):
 def test_announce_deployed_names_a_decision_without_deltas(tmp_path, outbox):
     decision = tmp_path / "decision.json"
     decision.write_text(json.dumps({"reasons": []}))
-    with pytest.raises(ValueError, match=r"decision lacks deltas; expected the analyze stage's"):
+    with pytest.raises(ValueError, match=r"decision lacks deltas, champion_version; expected the analyze stage's"):
         announce_deployed("3", "4", decision, "ct-12")
 
 

@@ -52,10 +52,10 @@ def test_b1_down_during_consensus_is_retried_then_fails_with_an_alert(stack, boo
 
 
 def test_torchserve_stopped_during_deploy_leaves_the_old_champion(own_stack, boot, tmp_path) -> None:
-    """TorchServe keeps no state across a restart; MLflow's `champion` alias is the record of what
-    serves, and it moves only once the new version answers as default. So TorchServe dying in the
-    middle of a deploy fails the deploy stage with an alert, leaves the alias on the old champion,
-    and a TorchServe restarted on the same model store serves the old champion again."""
+    """MLflow's `champion` alias is the record of what serves, and it moves only once the new
+    version answers as default; the desired state follows it. So TorchServe dying in the middle
+    of a deploy fails the deploy stage with an alert, leaves the alias on the old champion, and a
+    TorchServe restarted on the same model store serves the old champion again, by itself."""
     stack = own_stack  # this test stops TorchServe: a TorchServe of its own
     answered = len(play(stack, boot, drift=True, window=WINDOW))
     watch = TorchServeClient(stack.torchserve.inference_url, stack.torchserve.management_url,
@@ -88,10 +88,11 @@ def test_mlflow_unreachable_fails_the_run_cleanly(stack, boot, tmp_path, monkeyp
     down = f"http://127.0.0.1:{free_port()}"
     run = cycle(dataclasses.replace(stack, tracking_uri=down), boot, tmp_path, SMALL)
     assert not run.succeeded
-    assert run.task("collect-op").status == "FAILURE" and run.task("train-op") is None
-    [alert] = failure_alerts(stack, "collect")
+    # The first step compares serving with the registry: without the registry nothing goes on.
+    assert run.task("reconcile-op").status == "FAILURE" and run.task("monitor-op") is None
+    [alert] = failure_alerts(stack, "reconcile")
     assert f"RegistryError: cannot reach the MLflow tracking server at {down}" in alert
-    assert run.task("collect-op").seconds < 20
+    assert run.task("reconcile-op").seconds < 20
     assert versions(stack) == ["1"]
     assert check_invariants(stack, boot.golden_set, answered) == "1"
 
@@ -125,7 +126,7 @@ def test_train_killed_then_rerun_registers_one_version(stack, boot, tmp_path) ->
     second = cycle(stack, boot, tmp_path, SMALL)
     assert second.succeeded, second.error
     assert versions(stack) == ["1", "2"]
-    assert second.task("deploy-op").parameters == {"old_version": "1", "new_version": "2"}
+    assert second.task("deploy-op").parameters == {"old_version": "1", "new_version": "2", "status": "deployed"}
     assert registry.get_version_by_alias(REGISTERED_MODEL, "challenger", stack.tracking_uri) == "2"
     assert registry.get_version_by_alias(REGISTERED_MODEL, "previous-champion", stack.tracking_uri) == "1"
     assert check_invariants(stack, boot.golden_set, answered) == "2"
