@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 SHARED_GID = 1000  # the group of the stage images' user (10001) and of the serving user (1000)
 SERVING_HOME = "/home/model-server"
 SERVING_MODEL_STORE = f"{SERVING_HOME}/model-store"
+SERVING_STATE_DIR = f"{SERVING_HOME}/serving-state"  # where the Deployment mounts the state's ConfigMap
 
 
 class ServingContainerError(RuntimeError):
@@ -61,6 +62,7 @@ class ServingContainer:
     inference_url: str
     management_url: str
     keys: dict[str, str]
+    proxy: Container | None = None  # the pod's `proxy` container, in front when the keys are fixed
 
     def client(self) -> TorchServeClient:
         from serving.client import TorchServeClient
@@ -72,6 +74,8 @@ class ServingContainer:
         return output.decode(errors="replace")
 
     def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.remove(force=True)
         self.container.remove(force=True)
 
 
@@ -81,46 +85,73 @@ def _key_file(container: Container) -> dict | None:
 
 
 def start_serving(engine: docker.DockerClient, image: str, model_store: Path, store_dir: Path,
-                  timeout: float = 180.0, models: tuple[str, ...] = ()) -> ServingContainer:
+                  timeout: float = 180.0, models: tuple[str, ...] = (),
+                  keys: dict[str, str] | None = None, state_dir: Path | None = None) -> ServingContainer:
     """Start `image` as the cluster starts it (`serve`: the model store's desired state), with
     `model_store` and `store_dir` mounted where the TorchServe Deployment mounts its claims; wait
-    for a healthy /ping and, for each name in `models`, a ready worker of its default version."""
-    from ctloop import http
+    for a healthy /ping and, for each name in `models`, a ready worker of its default version.
 
+    With `keys` ({"management", "inference"}), as the cluster's pod: TorchServe gets them as
+    CTLOOP_TS_*_KEY and listens on localhost only, and a second container running `proxy` in its
+    network namespace checks them on the published ports (serving/proxy.py). Without, TorchServe
+    makes its own keys (key_file.json) and checks them itself. With `state_dir`, the desired state
+    comes from there (mounted where the Deployment mounts its ConfigMap), not the model store.
+    """
+    environment = {"CTLOOP_STORE_DIR": STORE_MOUNT}
+    volumes = {str(Path(model_store).resolve()): {"bind": SERVING_MODEL_STORE, "mode": "rw"},
+               str(Path(store_dir).resolve()): {"bind": STORE_MOUNT, "mode": "rw"}}
+    if keys is not None:
+        environment |= {"CTLOOP_TS_MANAGEMENT_KEY": keys["management"], "CTLOOP_TS_INFERENCE_KEY": keys["inference"]}
+    if state_dir is not None:
+        environment["CTLOOP_SERVING_STATE_DIR"] = SERVING_STATE_DIR
+        volumes[str(Path(state_dir).resolve())] = {"bind": SERVING_STATE_DIR, "mode": "ro"}
     container = engine.containers.run(
         image, ["serve"], detach=True,
         ports={"8080/tcp": ("127.0.0.1", None), "8081/tcp": ("127.0.0.1", None)},
-        environment={"CTLOOP_STORE_DIR": STORE_MOUNT},
-        volumes={str(Path(model_store).resolve()): {"bind": SERVING_MODEL_STORE, "mode": "rw"},
-                 str(Path(store_dir).resolve()): {"bind": STORE_MOUNT, "mode": "rw"}},
+        environment=environment, volumes=volumes,
     )
+    proxy = None
     try:
-        container.reload()
-        ports = {port: container.ports[f"{port}/tcp"][0]["HostPort"] for port in (8080, 8081)}
-        deadline = time.monotonic() + timeout
-        while True:
-            container.reload()
-            if container.status not in ("created", "running"):
-                raise ServingContainerError(f"the serving container stopped: {container.attrs['State']}\n"
-                                            f"{container.logs(tail=40).decode(errors='replace')}")
-            keys = _key_file(container)
-            if keys:
-                serving = ServingContainer(container, f"http://127.0.0.1:{ports[8080]}",
-                                           f"http://127.0.0.1:{ports[8081]}",
-                                           {"management": keys["management"]["key"],
-                                            "inference": keys["inference"]["key"]})
-                answer = http.probe(f"{serving.inference_url}/ping", timeout=2,
-                                    headers={"Authorization": f"Bearer {serving.keys['inference']}"})
-                if answer is not None and answer.status_code == 200 and _models_ready(serving, models):
-                    return serving
-            if time.monotonic() > deadline:
-                _, log = container.exec_run(["sh", "-c", f"tail -n 40 {SERVING_HOME}/logs/ts_log.log"])
-                raise ServingContainerError(f"no healthy TorchServe in the serving container after {timeout} s; "
-                                            f"ts_log.log:\n{log.decode(errors='replace')}")
-            time.sleep(0.5)
+        if keys is not None:
+            proxy = engine.containers.run(image, ["proxy"], detach=True, network_mode=f"container:{container.id}",
+                                          environment={name: value for name, value in environment.items()
+                                                       if name.startswith("CTLOOP_TS_")})
+        return _wait_healthy(container, proxy, keys, timeout, models)
     except BaseException:
+        if proxy is not None:
+            proxy.remove(force=True)
         container.remove(force=True)
         raise
+
+
+def _wait_healthy(container: Container, proxy: Container | None, keys: dict[str, str] | None, timeout: float,
+                  models: tuple[str, ...]) -> ServingContainer:
+    from ctloop import http
+
+    container.reload()
+    ports = {port: container.ports[f"{port}/tcp"][0]["HostPort"] for port in (8080, 8081)}
+    deadline = time.monotonic() + timeout
+    while True:
+        for each in filter(None, (container, proxy)):
+            each.reload()
+            if each.status not in ("created", "running"):
+                raise ServingContainerError(f"the serving container stopped: {each.attrs['State']}\n"
+                                            f"{each.logs(tail=40).decode(errors='replace')}")
+        found = keys or _key_file(container)
+        if found:
+            if keys is None:
+                found = {"management": found["management"]["key"], "inference": found["inference"]["key"]}
+            serving = ServingContainer(container, f"http://127.0.0.1:{ports[8080]}", f"http://127.0.0.1:{ports[8081]}",
+                                       found, proxy)
+            answer = http.probe(f"{serving.inference_url}/ping", timeout=2,
+                                headers={"Authorization": f"Bearer {serving.keys['inference']}"})
+            if answer is not None and answer.status_code == 200 and _models_ready(serving, models):
+                return serving
+        if time.monotonic() > deadline:
+            _, log = container.exec_run(["sh", "-c", f"tail -n 40 {SERVING_HOME}/logs/ts_log.log"])
+            raise ServingContainerError(f"no healthy TorchServe in the serving container after {timeout} s; "
+                                        f"ts_log.log:\n{log.decode(errors='replace')}")
+        time.sleep(0.5)
 
 
 def _models_ready(serving: ServingContainer, models: tuple[str, ...]) -> bool:

@@ -42,6 +42,7 @@ class StageNeeds:
     model_store: bool = False
     torchserve_keys: bool = False
     mlflow: bool = False
+    serving_fleet: bool = False  # rolls the TorchServe Deployment (components.deploy.cluster)
 
 
 NEEDS: dict[str, StageNeeds] = {
@@ -51,7 +52,7 @@ NEEDS: dict[str, StageNeeds] = {
     "consensus": StageNeeds(torchserve_keys=True),
     "train": StageNeeds(mlflow=True),
     "analyze": StageNeeds(mlflow=True),
-    "deploy": StageNeeds(store=True, model_store=True, torchserve_keys=True, mlflow=True),
+    "deploy": StageNeeds(store=True, model_store=True, torchserve_keys=True, mlflow=True, serving_fleet=True),
     "notify": StageNeeds(),
 }
 
@@ -72,8 +73,10 @@ def apply_cluster_settings(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTa
             "management-key": "CTLOOP_TS_MANAGEMENT_KEY",
             "inference-key": "CTLOOP_TS_INFERENCE_KEY",
         })
-    if needs.mlflow:
-        k8s.use_config_map_as_env(task, PIPELINE_CONFIG_MAP, {"mlflow-tracking-uri": "MLFLOW_TRACKING_URI"})
+    settings = {**({"mlflow-tracking-uri": "MLFLOW_TRACKING_URI"} if needs.mlflow else {}),
+                **({"serving-deployment": "CTLOOP_SERVING_DEPLOYMENT"} if needs.serving_fleet else {})}
+    if settings:  # one call per ConfigMap: a second one for the same map replaces the first
+        k8s.use_config_map_as_env(task, PIPELINE_CONFIG_MAP, settings)
     # Optional: without a webhook the messages go to the stage's outbox (CTLOOP_SLACK_OUTBOX) and log.
     k8s.use_secret_as_env(task, SLACK_SECRET, {"webhook-url": "SLACK_WEBHOOK_URL"}, optional=True)
     return task

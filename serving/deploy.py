@@ -85,7 +85,7 @@ def deploy(
             registered = True  # a failed registration (e.g. workers fail to load) may still leave it registered
             _step(record, "register", lambda: client.register(Path(archive).name, model_name, workers, wait=False))
         _step(record, "wait_ready", lambda: _wait_ready(client, model_name, str(version), workers, ready_timeout))
-        labels = _step(record, "smoke_test", lambda: _check_answers(
+        labels = _step(record, "smoke_test", lambda: check_answers(
             client, model_name, canary_images, probabilities, tolerance, str(version), str(version)))
         _step(record, "set_default", lambda: client.set_default(model_name, str(version)))
         default_changed = True
@@ -154,7 +154,7 @@ def _answers(client: TorchServeClient, model_name: str, images: np.ndarray,
     return answer["labels"], answer["confidences"], None
 
 
-def _check_answers(client: TorchServeClient, model_name: str, images: np.ndarray, probabilities: np.ndarray,
+def check_answers(client: TorchServeClient, model_name: str, images: np.ndarray, probabilities: np.ndarray,
                    tolerance: float, url_version: str | None, version: str) -> list[int]:
     """The served answers must equal the in-process ones (same labels, confidences within
     tolerance) and come from `version` (the champion says which version answered)."""
@@ -177,7 +177,7 @@ def _verify_default(client: TorchServeClient, model_name: str, version: str, ima
     default = client.default_version(model_name)
     if default != version:
         raise DeployCheckError(f"default version is {default} after set-default, expected {version}")
-    _check_answers(client, model_name, images, probabilities, tolerance, None, version)
+    check_answers(client, model_name, images, probabilities, tolerance, None, version)
 
 
 def _roll_back(client: TorchServeClient, record: DeployRecord, registered: bool, default_changed: bool) -> None:

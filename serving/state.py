@@ -76,6 +76,14 @@ class ServingState:
         kept = {version: served for version, served in model.versions.items() if version not in versions}
         return replace(self, models={**self.models, name: replace(model, versions=kept)})
 
+    def keep_newest(self, name: str, count: int) -> tuple["ServingState", list[str]]:
+        """This state without `name`'s versions beyond the newest `count` (never the default),
+        and those versions."""
+        model = self.model(name)
+        versions = sorted(model.versions, key=int)
+        doomed = [version for version in versions[: max(len(versions) - count, 0)] if version != model.default]
+        return self.without(name, doomed), doomed
+
     def model(self, name: str) -> ModelState:
         if name not in self.models:
             raise StateError(f"no version of {name} serves")
@@ -160,24 +168,28 @@ def model_sha256(archive: str | Path) -> str:
         raise StateError(f"{archive} is not a ctloop model archive: {error}") from error
 
 
-def render_config(config_text: str, state: ServingState | None) -> str:
+def render_config(config_text: str, state: ServingState | None, overrides: dict[str, str] | None = None) -> str:
     """A TorchServe config.properties that starts with exactly `state`: `load_models` dropped and
-    `model_snapshot` set. Without a state (a store nothing was deployed to) the config is kept."""
-    if state is None:
-        return config_text
-    lines = [line for line in config_text.splitlines()
-             if line.split("=", 1)[0].strip() not in ("load_models", "model_snapshot")]
-    return "\n".join([*lines, f"model_snapshot={state.snapshot()}"]) + "\n"
+    `model_snapshot` set (without a state, a store nothing was deployed to, they stay as they
+    are); `overrides` replace settings of the same name."""
+    replaced = dict(overrides or {})
+    if state is not None:
+        replaced["model_snapshot"] = state.snapshot()
+    dropped = {*replaced, *(["load_models"] if state is not None else [])}
+    lines = [line for line in config_text.splitlines() if line.split("=", 1)[0].strip() not in dropped]
+    return "\n".join([*lines, *(f"{key}={value}" for key, value in replaced.items())]) + "\n"
 
 
 def main(argv: list[str]) -> int:
-    """`config BASE_CONFIG MODEL_STORE OUT_CONFIG`: write the config TorchServe starts with."""
-    if len(argv) != 4 or argv[0] != "config":
-        print("usage: state.py config BASE_CONFIG MODEL_STORE OUT_CONFIG", file=sys.stderr)
+    """`config BASE_CONFIG MODEL_STORE OUT_CONFIG [KEY=VALUE...]`: write the config TorchServe
+    starts with, KEY=VALUE replacing settings (the pod's proxy mode, serving/entrypoint.sh)."""
+    if len(argv) < 4 or argv[0] != "config" or not all("=" in item for item in argv[4:]):
+        print("usage: state.py config BASE_CONFIG MODEL_STORE OUT_CONFIG [KEY=VALUE...]", file=sys.stderr)
         return 2
-    _, base, model_store, out = argv
+    base, model_store, out = argv[1:4]
+    overrides = dict(item.split("=", 1) for item in argv[4:])
     try:
-        rendered = render_config(Path(base).read_text(), read_state(model_store))
+        rendered = render_config(Path(base).read_text(), read_state(model_store), overrides)
     except (OSError, StateError) as error:
         print(f"ctloop serving state: {error}", file=sys.stderr)
         return 1

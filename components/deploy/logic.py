@@ -14,10 +14,11 @@ archives deleted, so a restarted TorchServe serves exactly the champion.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+from components.deploy.cluster import deploy_on_cluster, serving_deployment_from_env
+from components.deploy.outcome import DEPLOYED, SUPERSEDED, DeployFailedError, DeployOutcome
 from components.deploy.reconcile import reconcile
 from ctloop import registry
 from ctloop.canary import Canary
@@ -27,58 +28,8 @@ from serving.client import TorchServeClient, client_from_env
 from serving.deploy import deploy
 from serving.state import ServingState, read_state, write_state
 
-__all__ = ["DeployFailedError", "DeployOutcome", "deploy_challenger", "deploy_to_torchserve"]
-
-DEPLOYED = "deployed"
-SUPERSEDED = "superseded"
-
-
-class DeployFailedError(RuntimeError):
-    """The new version was not deployed; the `champion` alias still names the previous champion."""
-
-
-@dataclass(frozen=True)
-class DeployOutcome:
-    """What a successful deploy did.
-
-    Attributes:
-        new_version: the version now serving as the default (and MLflow's `champion`), or, when
-            superseded, the version that was not deployed.
-        old_version: the TorchServe default before the deploy; None if none served. When
-            superseded: the champion that replaced the one this run compared against.
-        previous_champion: the version MLflow's `previous-champion` alias now names; None if
-            there was no champion before.
-        canary_accuracy: accuracy of the new version on the canary images.
-        steps: serving's deploy steps, each {"name", "seconds", "ok", "detail"}.
-        removed_versions: older TorchServe versions unregistered to keep `keep_versions`.
-        status: "deployed", or "superseded" (another run deployed first; nothing changed).
-        repairs: what the repair before the deploy found and did (components.deploy.reconcile).
-    """
-
-    new_version: str
-    old_version: str | None
-    previous_champion: str | None
-    canary_accuracy: float | None
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    removed_versions: list[str] = field(default_factory=list)
-    status: str = DEPLOYED
-    repairs: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def metrics(self) -> dict[str, float]:
-        """Seconds per deploy step (`<step>_seconds`) and the canary accuracy when known."""
-        figures = {f"{step['name']}_seconds": float(step["seconds"]) for step in self.steps}
-        if self.canary_accuracy is not None:
-            figures["canary_accuracy"] = self.canary_accuracy
-        return figures
-
-    def outputs(self) -> dict[str, str]:
-        """The stage's outputs by name; old_version is "" when nothing served before (a kfp
-        output cannot be None)."""
-        return {"old_version": self.old_version or "", "new_version": self.new_version, "status": self.status}
-
+__all__ = ["DEPLOYED", "SUPERSEDED", "DeployFailedError", "DeployOutcome", "deploy_challenger",
+           "deploy_to_torchserve"]
 
 def deploy_to_torchserve(
     model_file: Path,
@@ -94,7 +45,8 @@ def deploy_to_torchserve(
 ) -> DeployOutcome:
     """The deploy stage: deploy_challenger on the TorchServe at these URLs, keys from the
     environment (serving.client.client_from_env), never from pipeline parameters, which Kubeflow
-    shows to anyone who can see the run.
+    shows to anyone who can see the run; on a cluster (CTLOOP_SERVING_DEPLOYMENT set),
+    components.deploy.cluster.deploy_on_cluster to every replica instead.
 
     Args:
         model_file: the challenger's TorchScript file.
@@ -110,10 +62,14 @@ def deploy_to_torchserve(
             version must replace (compare-and-set). None: whatever is champion now.
     """
     client = client_from_env(inference_url, management_url)
+    replaces = _compared_against(decision) if decision is not None else None
     try:
+        on_cluster = serving_deployment_from_env()
+        if on_cluster is not None:  # every replica, through the Deployment's rollout
+            return deploy_on_cluster(Path(model_file), version, Path(canary_set), Path(model_store), on_cluster,
+                                     client.keys, registered_model, tracking_uri, replaces, keep_versions)
         return deploy_challenger(Path(model_file), version, Path(canary_set), Path(model_store), client,
-                                 registered_model, tracking_uri, keep_versions=keep_versions,
-                                 replaces=_compared_against(decision) if decision is not None else None)
+                                 registered_model, tracking_uri, keep_versions=keep_versions, replaces=replaces)
     finally:
         client.close()
 
@@ -202,10 +158,7 @@ def _settle(client: TorchServeClient, model_store: Path, state: ServingState, se
             keep_versions: int) -> list[str]:
     """Write the new desired state without the versions beyond the newest `keep_versions` (never
     the default), then unregister those and delete their archives; returns them."""
-    model = state.model(serving_name)
-    versions = sorted(model.versions, key=int)
-    doomed = [version for version in versions[: max(len(versions) - keep_versions, 0)] if version != model.default]
-    state = state.without(serving_name, doomed)
+    state, doomed = state.keep_newest(serving_name, keep_versions)
     write_state(model_store, state)
     fleet.apply(client, state, serving_name)
     fleet.remove_stray_archives(model_store, state, serving_name)

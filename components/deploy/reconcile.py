@@ -14,15 +14,18 @@ that died. The caller holds the serving lock (serving.fleet.serving_lock).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components.deploy.cluster import DEPLOY_LEASE, reconcile_on_cluster, serving_deployment_from_env
 from ctloop import registry, slack
 from ctloop.alerts import deliver
 from serving import fleet
 from serving.archive import archive_name, build_archive
 from serving.client import TorchServeClient, client_from_env
+from serving.rollout import deploy_lease
 from serving.state import ServedVersion, ServingState, StateError, model_sha256, read_state, write_state
 
 __all__ = ["Reconciliation", "reconcile", "reconcile_serving", "repaired"]
@@ -41,12 +44,17 @@ def reconcile_serving(model_store: Path, inference_url: str, management_url: str
                       registered_model: str, run_name: str | None = None) -> Reconciliation:
     """The reconcile step every pipeline run starts with: under the serving lock, `reconcile` the
     TorchServe at these URLs (keys from the environment), and tell Slack what it repaired."""
-    client = client_from_env(inference_url, management_url)
-    try:
-        with fleet.serving_lock(model_store, "champion"):
-            result = reconcile(client, Path(model_store), registered_model, tracking_uri or None)
-    finally:
-        client.close()
+    tracking_uri = tracking_uri or None
+    on_cluster = serving_deployment_from_env()
+    if on_cluster is not None:  # every replica: the ConfigMap they start from, under the deploy Lease
+        with deploy_lease(on_cluster.api, on_cluster.namespace, DEPLOY_LEASE, f"reconcile/{run_name}"):
+            findings = reconcile_on_cluster(on_cluster, Path(model_store), registered_model, tracking_uri)
+        champion = registry.get_version_by_alias(registered_model, registry.CHAMPION, tracking_uri)
+        result = Reconciliation(champion, findings)
+    else:
+        with contextlib.closing(client_from_env(inference_url, management_url)) as client, \
+                fleet.serving_lock(model_store, "champion"):
+            result = reconcile(client, Path(model_store), registered_model, tracking_uri)
     if result.findings:
         deliver(repaired(result, run_name))
     return result

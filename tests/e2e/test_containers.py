@@ -12,6 +12,7 @@ CTLOOP_REQUIRE_DOCKER=1 that is a failure instead. Times are printed (`pytest -s
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 from pipeline_support import declare, play
 
 from ctloop import registry
@@ -215,6 +217,30 @@ def test_a_challenger_that_is_not_better_enough_is_not_deployed_in_the_images(
     assert not (cstack.model_store / "champion-v2.mar").exists()
     not_deployed = [text for text in outbox(cstack) if text.startswith("Challenger not deployed")]
     assert len(not_deployed) == 1 and "required improvement of 0.900" in not_deployed[0]
+
+
+def test_the_serving_pod_checks_the_secrets_fixed_keys_across_a_restart(engine, built, boot, tmp_path: Path) -> None:
+    """As on the cluster: TorchServe given the Secret's keys hides behind the `proxy` container,
+    which lets through only requests with those keys; a new pod on the same volumes takes the
+    same keys (TorchServe's own keys changed at every start)."""
+    store, model_store = shared_dir(tmp_path / "store"), shared_dir(tmp_path / "model-store")
+    build_archive(boot.model_files["champion"], "champion", "1", model_store)
+    declare(model_store, {"champion": "1"})
+    keys = {"management": secrets.token_hex(32), "inference": secrets.token_hex(32)}
+    image = ImageSet.load(boot.golden_set).images[:1]
+    for _ in range(2):
+        pod = start_serving(engine, IMAGES.image("serving"), model_store, store, models=("champion",), keys=keys)
+        try:
+            with contextlib.closing(pod.client()) as client:
+                assert client.predict("champion", image).model_version == "1"
+                assert client.models() == ["champion"]
+            for url, key in ((f"{pod.inference_url}/predictions/champion", keys["management"]),
+                             (f"{pod.management_url}/models", keys["inference"])):
+                refused = requests.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+                assert refused.status_code == 401 and "Bearer <the" in refused.json()["message"], url
+            assert pod.container.exec_run(["ls", "/home/model-server/key_file.json"]).exit_code != 0
+        finally:
+            pod.stop()
 
 
 def test_a_stage_importing_what_its_image_lacks_fails(engine, built, tmp_path: Path,

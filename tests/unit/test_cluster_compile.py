@@ -58,7 +58,9 @@ def test_cluster_compile_mounts_claims_and_injects_env(cluster_docs: list[dict])
             has_keys = secrets.get(cluster.TORCHSERVE_SECRET) == {"CTLOOP_TS_MANAGEMENT_KEY", "CTLOOP_TS_INFERENCE_KEY"}
             assert has_keys == needs.torchserve_keys, name
             maps = {c["configMapName"]: {k["envVar"] for k in c["keyToEnv"]} for c in config.get("configMapAsEnv", [])}
-            assert (maps.get(cluster.PIPELINE_CONFIG_MAP) == {"MLFLOW_TRACKING_URI"}) == needs.mlflow, name
+            settings = maps.get(cluster.PIPELINE_CONFIG_MAP, set())
+            assert ("MLFLOW_TRACKING_URI" in settings) == needs.mlflow, name
+            assert ("CTLOOP_SERVING_DEPLOYMENT" in settings) == needs.serving_fleet, name
 
 
 def test_every_task_pulls_with_the_image_pull_secret(cluster_docs: list[dict]) -> None:

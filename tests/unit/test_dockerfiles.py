@@ -129,8 +129,11 @@ def test_serving_image_runs_the_tested_runtime() -> None:
     assert "COPY serving/entrypoint.sh /usr/local/bin/ctloop-serving-entrypoint" in text
     assert "exec torchserve --start --foreground" in entrypoint
     assert "COPY --chown=1000:1000 serving/state.py /home/model-server/ctloop_state.py" in text
-    assert ('python "$home/ctloop_state.py" config "$home/config.properties" "$home/model-store" '
-            '/tmp/ctloop-config.properties') in entrypoint, "TorchServe starts from the store's desired state"
+    assert "COPY --chown=1000:1000 serving/proxy.py /home/model-server/ctloop_proxy.py" in text
+    assert "nginx-light" in text and 'exec python "$home/ctloop_proxy.py"' in entrypoint
+    assert 'python "$home/ctloop_state.py" config "$home/config.properties" "$state_dir"' in entrypoint, \
+        "TorchServe starts from the desired state"
+    assert 'state_dir="$home/model-store"' in entrypoint and 'state_dir="$CTLOOP_SERVING_STATE_DIR"' in entrypoint
     assert "--ts-config /tmp/ctloop-config.properties" in entrypoint and '--log-config "$home/log4j2.xml"' in entrypoint
     assert "disable-token-auth" not in entrypoint + text
 

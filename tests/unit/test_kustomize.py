@@ -58,13 +58,23 @@ def test_overlay_has_what_the_pipeline_mounts_and_reads(path: str, namespace: st
 
 # What the pipeline's pods do on the Kubernetes API: Argo's executor reports each step
 # (WorkflowTaskResults, as KFP's pipeline-runner role allows), the KFP launcher reads its settings
-# and artifact-store credentials. No ctloop stage calls the API (deploy uses TorchServe's HTTP API).
+# and artifact-store credentials; the deploy stage makes the calls of serving/rollout.py.
 PIPELINE_GRANTS = {
     ("argoproj.io", "workflowtaskresults", "", "create"),
     ("argoproj.io", "workflowtaskresults", "", "patch"),
     ("", "secrets", "mlpipeline-minio-artifact", "get"),
     ("", "configmaps", "kfp-launcher", "get"),
     ("", "configmaps", "metadata-grpc-configmap", "get"),
+    ("", "configmaps", "ctloop-serving-state", "get"),
+    ("", "configmaps", "ctloop-serving-state", "update"),
+    ("", "configmaps", "", "create"),
+    ("apps", "deployments", "torchserve", "get"),
+    ("apps", "deployments", "torchserve", "patch"),
+    ("discovery.k8s.io", "endpointslices", "", "list"),
+    ("coordination.k8s.io", "leases", "ctloop-deploy-champion", "get"),
+    ("coordination.k8s.io", "leases", "ctloop-deploy-champion", "update"),
+    ("coordination.k8s.io", "leases", "ctloop-deploy-champion", "delete"),
+    ("coordination.k8s.io", "leases", "", "create"),
 }
 
 
@@ -77,12 +87,15 @@ def test_pipeline_role_grants_exactly_what_the_pods_use(path: str) -> None:
     assert grants == PIPELINE_GRANTS
 
 
-def test_no_stage_calls_the_kubernetes_api() -> None:
-    """The Role above holds nothing for ctloop's own code; that stays true while none imports a client."""
+def test_only_the_rollout_calls_the_kubernetes_api() -> None:
+    """The Role above grants ctloop's own code only serving/rollout.py's calls (and the deploy
+    stage's in-cluster login); that stays true while nothing else imports a client."""
     client = re.compile(r"^\s*(import|from)\s+kubernetes\b", re.MULTILINE)
-    for package in ("components", "serving", "ctloop"):
-        for module in (ROOT / package).rglob("*.py"):
-            assert not client.search(module.read_text()), f"{module} calls the Kubernetes API: widen the Role"
+    callers = {module.relative_to(ROOT).as_posix() for package in ("components", "serving", "ctloop")
+               for module in (ROOT / package).rglob("*.py") if client.search(module.read_text())}
+    assert callers == {"serving/rollout.py", "components/deploy/cluster.py"}
+    assert {"ctloop-serving-state", "torchserve", "ctloop-deploy-champion"} <= {
+        name for _, _, name, _ in PIPELINE_GRANTS}
 
 
 @pytest.mark.parametrize("path", ["k8s/overlays/local", "k8s/overlays/production"])
@@ -105,21 +118,39 @@ def test_workloads_have_probes_and_resources(path: str) -> None:
 @pytest.mark.parametrize("path", ["k8s/overlays/local", "k8s/overlays/production"])
 def test_torchserve_probes_ask_ping_not_the_port(path: str) -> None:
     """TorchServe opens its ports before its workers are ready: every probe runs ping.py (GET /ping
-    on the inference port with the inference key), which the config map mounts from the base."""
+    with the inference key), which the config map mounts from the base. TorchServe's container
+    asks TorchServe on its localhost port; the proxy's asks through the proxy."""
     resources = render(path)
     pod = by_kind(resources, "Deployment")["torchserve"]["spec"]["template"]["spec"]
-    container = pod["containers"][0]
+    containers = {container["name"]: container for container in pod["containers"]}
     ping = "/home/model-server/ping.py"
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-        probe = container[kind]
-        assert "tcpSocket" not in probe and probe["exec"]["command"] == ["python", ping], kind
-        assert probe["timeoutSeconds"] >= 5, kind
-    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == ping)
-    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    config = by_kind(resources, "ConfigMap")[volume["configMap"]["name"]]
-    assert config["data"][mount["subPath"]] == (ROOT / "k8s/base/torchserve/ping.py").read_text()
-    script = config["data"][mount["subPath"]]
-    assert "http://127.0.0.1:8080/ping" in script and '["inference"]["key"]' in script
+    for name, kinds, url in (("torchserve", ("startupProbe", "readinessProbe", "livenessProbe"),
+                              "http://127.0.0.1:18080/ping"), ("proxy", ("readinessProbe",), "http://127.0.0.1:8080/ping")):
+        for kind in kinds:
+            probe = containers[name][kind]
+            assert "tcpSocket" not in probe and probe["exec"]["command"] == ["python", ping, "-", url], (name, kind)
+            assert probe["timeoutSeconds"] >= 5, kind
+        mount = next(m for m in containers[name]["volumeMounts"] if m["mountPath"] == ping)
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        config = by_kind(resources, "ConfigMap")[volume["configMap"]["name"]]
+        assert config["data"][mount["subPath"]] == (ROOT / "k8s/base/torchserve/ping.py").read_text()
+    script = (ROOT / "k8s/base/torchserve/ping.py").read_text()
+    assert 'os.environ.get("CTLOOP_TS_INFERENCE_KEY"' in script and '["inference"]["key"]' in script
+
+
+@pytest.mark.parametrize("path", ["k8s/overlays/local", "k8s/overlays/production"])
+def test_every_serving_container_gets_the_secrets_fixed_keys(path: str) -> None:
+    """The proxy checks the Secret's keys and TorchServe, given them, hides behind it
+    (serving/entrypoint.sh): both containers get both keys, and only the proxy has the API ports."""
+    pod = by_kind(render(path), "Deployment")["torchserve"]["spec"]["template"]["spec"]
+    for container in pod["containers"]:
+        keys = {entry["name"]: entry["valueFrom"]["secretKeyRef"] for entry in container["env"] if "valueFrom" in entry}
+        assert keys == {"CTLOOP_TS_INFERENCE_KEY": {"name": cluster.TORCHSERVE_SECRET, "key": "inference-key"},
+                        "CTLOOP_TS_MANAGEMENT_KEY": {"name": cluster.TORCHSERVE_SECRET, "key": "management-key"}}
+    ports = {container["name"]: {port["name"]: port["containerPort"] for port in container["ports"]}
+             for container in pod["containers"]}
+    assert ports == {"torchserve": {"metrics": 8082}, "proxy": {"inference": 8080, "management": 8081}}
+    assert [container["args"] for container in pod["containers"]] == [["serve"], ["proxy"]]
 
 
 def test_local_overlay_does_not_own_the_kubeflow_namespace() -> None:

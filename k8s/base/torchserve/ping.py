@@ -4,9 +4,15 @@ TorchServe opens its ports before its workers are up, so a TCP probe passes too 
 answers 200 only when every model has its minimum workers. With token authorization on, /ping
 needs the inference key, which TorchServe writes to key_file.json at start (its working directory),
 so the probe is this script (run with the image's Python) rather than an httpGet probe.
+
+The key is CTLOOP_TS_INFERENCE_KEY when set (the fixed key the pod's proxy checks, from the
+Secret; serving/proxy.py), else the one in TorchServe's key file.
+
+    python ping.py [KEY_FILE [URL]]
 """
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -16,9 +22,11 @@ URL = sys.argv[2] if len(sys.argv) > 2 else "http://127.0.0.1:8080/ping"
 
 
 def main() -> int:
+    key = os.environ.get("CTLOOP_TS_INFERENCE_KEY", "")
     try:
-        with open(KEY_FILE) as keys:
-            key = json.load(keys)["inference"]["key"]
+        if not key:
+            with open(KEY_FILE) as keys:
+                key = json.load(keys)["inference"]["key"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         print(f"no inference key in {KEY_FILE}: {error}")
         return 1
