@@ -9,7 +9,8 @@ deploy waits for the rollout (observedGeneration, updated and available replicas
 left) and can then smoke-test every pod directly, from the Service's EndpointSlices.
 
 `deploy_lease` is the cluster's serving lock: a coordination.k8s.io Lease taken by create, or by
-a compare-and-set replace of an expired one (resourceVersion), so two runs never deploy at once.
+a compare-and-set replace of an expired one (resourceVersion), and renewed while held, so two
+runs never deploy at once and a run that died blocks the next for at most the Lease's duration.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -105,24 +107,45 @@ class ServingDeployment:
 
 
 @contextlib.contextmanager
-def deploy_lease(api: k8s.ApiClient, namespace: str, name: str, holder: str, duration: int = 900,
+def deploy_lease(api: k8s.ApiClient, namespace: str, name: str, holder: str, duration: int = 120,
                  timeout: float = 900.0) -> Iterator[None]:
-    """Hold the Lease `name` while the block runs; wait (up to `timeout`) while another holder's
-    Lease has not expired. Released by deleting it only if it is still ours."""
+    """Hold the Lease `name` while the block runs, renewing it every third of `duration` seconds
+    (so a run that died lets go within `duration`, a long rollout never does); wait up to
+    `timeout` while another holder's Lease is live. Released by deleting it if it is still ours."""
     coordination = k8s.CoordinationV1Api(api)
     deadline = time.monotonic() + timeout
     while not _take(coordination, namespace, name, holder, duration):
         if time.monotonic() > deadline:
             raise RolloutError(f"Lease {namespace}/{name} held by another deploy for more than {timeout:.0f}s")
         time.sleep(1.0)
+    done = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(coordination, namespace, name, holder, duration, done),
+                               daemon=True)
+    renewer.start()
     try:
         yield
     finally:
+        done.set()
+        renewer.join()
         with contextlib.suppress(ApiException):
             lease = coordination.read_namespaced_lease(name, namespace)
             if lease.spec.holder_identity == holder:
                 coordination.delete_namespaced_lease(name, namespace, body=k8s.V1DeleteOptions(
                     preconditions=k8s.V1Preconditions(resource_version=lease.metadata.resource_version)))
+
+
+def _renew(coordination: k8s.CoordinationV1Api, namespace: str, name: str, holder: str, duration: int,
+           done: threading.Event) -> None:
+    """Move the Lease's renewTime forward until `done`; stop if it is no longer ours."""
+    while not done.wait(duration / 3):
+        try:
+            lease = coordination.read_namespaced_lease(name, namespace)
+            if lease.spec.holder_identity != holder:
+                return
+            lease.spec.renew_time = datetime.datetime.now(datetime.timezone.utc)
+            coordination.replace_namespaced_lease(name, namespace, lease)
+        except ApiException:
+            continue  # the API server is briefly away or another writer won: try again next time
 
 
 def _take(coordination: k8s.CoordinationV1Api, namespace: str, name: str, holder: str, duration: int) -> bool:

@@ -61,3 +61,11 @@ def test_an_expired_lease_is_taken_over_and_a_live_one_is_not(api) -> None:
         with pytest.raises(RolloutError, match=f"Lease {NAMESPACE}/{LEASE} held by another deploy for more than 1s"):
             with deploy_lease(api, NAMESPACE, LEASE, "run-d", timeout=1):
                 pass
+
+
+def test_a_held_lease_is_renewed_past_its_duration(api) -> None:
+    with deploy_lease(api, NAMESPACE, LEASE, "run-e", duration=2, timeout=5):
+        time.sleep(3.5)  # beyond the 2 s duration: only the renewals keep it
+        with pytest.raises(RolloutError, match="held by another deploy"):
+            with deploy_lease(api, NAMESPACE, LEASE, "run-f", duration=2, timeout=1):
+                pass
