@@ -129,12 +129,15 @@ def _learning(lines: dict[str, Any]) -> str:
 
 def _deploy(deploy: dict[str, Any]) -> str:
     versions = ", ".join(f"v{version}: {count}" for version, count in deploy["answered_by_version"].items())
+    phases = [("steady", deploy["steady"]),
+              *((f"swap {number} ({swap['seconds']} s)", swap) for number, swap in enumerate(deploy["swaps"], 1)),
+              ("during the swaps", deploy["during_swaps"])]
     rows = [[phase, figures["requests"], figures["failed"], figures["p50_ms"], figures["p99_ms"], figures["max_ms"]]
-            for phase, figures in (("steady", deploy["steady"]), ("during the swap", deploy["during_swap"]))]
+            for phase, figures in phases]
     return "\n\n".join([
-        f"**5. Deploy under load** ({deploy['version']}, {deploy['outcome']}, the whole deploy stage in "
-        f"{deploy['deploy_seconds']} s): a separate process's {deploy['concurrency']} client threads sending "
-        f"as fast as they are answered. Slowest request during the swap / steady p99: "
+        f"**5. Deploy under load** ({', '.join(deploy['versions'])}: {', '.join(deploy['outcomes'])}; the whole "
+        f"deploy stage each time): a separate process's {deploy['concurrency']} client threads sending as fast "
+        f"as they are answered. Slowest request during the swaps / steady p99: "
         f"{deploy['slowest_over_steady_p99']}; answered by {versions}.",
         _table(["requests", "n", "failed", "p50 ms", "p99 ms", "max ms"], rows),
     ])

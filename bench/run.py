@@ -81,7 +81,7 @@ def run_bench(settings: BenchSettings, name: str, work: Path, say: Callable[[str
             stack.client, boot.model_files, drifted, settings.config.consensus_batch_size, settings.consensus_repeats))
         results["deploy"] = section("deploy", lambda: bench_deploy(
             stack, boot.model_files["champion"], boot.train_set, boot.golden_set, bodies, settings.deploy_concurrency,
-            work / "deploy"))
+            work / "deploy", settings.deploy_swaps))
     results["learning"] = {"digits": section("learning digits", lambda: _one_thread(lambda: bench_learning(boot, settings)))}
     if "parts" in settings.lines:
         parts = section("bootstrap parts", lambda: _one_thread(lambda: bootstrap_split(

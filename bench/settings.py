@@ -60,7 +60,8 @@ class BenchSettings:
         parts_per_class: images per class of the parts line (split 50/20/30).
         parts_cycle_drift: drift kind that trips the monitor in the parts line's CT cycle.
         severity: drift severity of the cycle and the learning benchmark.
-        deploy_concurrency: client threads sending requests during the deploy.
+        deploy_concurrency: client threads sending requests during the deploys.
+        deploy_swaps: deploys in a row under that load.
         mlflow_server: MLflow as a tracking server (as in `make run`) rather than its SQLite file.
     """
 
@@ -81,6 +82,7 @@ class BenchSettings:
     parts_cycle_drift: DriftKind = "lighting"
     severity: float = 1.0
     deploy_concurrency: int = 4
+    deploy_swaps: int = 3
     mlflow_server: bool = True
 
 
@@ -104,5 +106,6 @@ TINY = BenchSettings(
     drift_kinds=("blur",),
     parts_per_class=40,
     deploy_concurrency=2,
+    deploy_swaps=1,
     mlflow_server=False,
 )

@@ -107,7 +107,8 @@ def test_learning_scores_are_shares_on_both_lines(tiny, line: str) -> None:
 
 def test_deploy_under_load_loses_nothing(tiny) -> None:
     deploy = tiny[0]["deploy"]
-    assert deploy["outcome"] == "deployed"
-    assert deploy["during_swap"]["requests"] > 0 and deploy["steady"]["requests"] > 0
-    assert deploy["during_swap"]["failed"] == 0 and deploy["failed_total"] == 0
-    assert deploy["during_swap"]["max_ms"] < 3000
+    assert deploy["outcomes"] == ["deployed"] and len(deploy["swaps"]) == 1
+    assert deploy["during_swaps"]["requests"] == deploy["swaps"][0]["requests"] > 0
+    assert deploy["steady"]["requests"] > 0
+    assert deploy["during_swaps"]["failed"] == 0 and deploy["failed_total"] == 0
+    assert deploy["during_swaps"]["max_ms"] < 3000
