@@ -47,8 +47,8 @@ bench: $(BENCH_STAMP)
 run: $(STAMP)
 	$(BIN)/ctloop demo
 
-# `ctloop serve` never trains on its own; this target bootstraps on the bundled digits, visibly,
-# when runs/bootstrap holds no models yet.
+# `ctloop serve` never bootstraps on its own; this target bootstraps on the bundled digits,
+# visibly, when runs/bootstrap holds no models yet (they seed runs/serve on its first start).
 serve: $(STAMP)
 	test -f runs/bootstrap/models/champion.pt || $(BIN)/ctloop bootstrap --out runs/bootstrap
 	$(BIN)/ctloop serve --models runs/bootstrap

@@ -34,6 +34,7 @@ class PipelineConfig:
     yield_confidence: float = 0.9
     trigger: str = "yield"
     merge_previous: bool = True
+    previous_per_class: int = 1000
     min_samples: int = 50
     confidence_threshold: float = 0.7
     val_ratio: float = 0.2
@@ -53,6 +54,9 @@ class PipelineConfig:
     min_holdout_per_class: int = 2
     evidence_level: float = 0.05
     keep_versions: int = 3
+    registry_keep_versions: int = 10
+    schedule: str = "0 * * * *"
+    run_every_predictions: int = 0
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -73,6 +77,13 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be one of {', '.join(MODEL_FAMILIES)}, got {getattr(self, name)!r}")
         if self.train_max_seconds < 0:
             raise ConfigError(f"train_max_seconds must be at least 0 (0: no cap), got {self.train_max_seconds}")
+        if self.registry_keep_versions < self.keep_versions:
+            raise ConfigError(f"registry_keep_versions ({self.registry_keep_versions}) must be at least keep_versions "
+                              f"({self.keep_versions}): MLflow keeps every version TorchServe serves")
+        if self.previous_per_class < 0:
+            raise ConfigError(f"previous_per_class must be at least 0 (0: no cap), got {self.previous_per_class}")
+        if self.run_every_predictions < 0:
+            raise ConfigError(f"run_every_predictions must be at least 0 (0: off), got {self.run_every_predictions}")
         if self.min_holdout_per_class < 0:
             raise ConfigError(f"min_holdout_per_class must be at least 0, got {self.min_holdout_per_class}")
         for name in ("recent_window", "min_samples", "consensus_batch_size", "new_sample_repeat", "train_epochs", "train_patience",

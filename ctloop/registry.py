@@ -345,8 +345,11 @@ def delete_version(model_name: str, version: str, tracking_uri: str | None = Non
         mlflow_client.delete_model_version(model_name, str(version))
 
 
-def prune_versions(model_name: str, keep: int, tracking_uri: str | None = None) -> list[str]:
-    """Delete the oldest unaliased versions beyond the newest `keep`; returns those deleted."""
+def prune_versions(model_name: str, keep: int, tracking_uri: str | None = None, delete_runs: bool = False) -> list[str]:
+    """Delete the oldest unaliased versions beyond the newest `keep`; returns those deleted.
+
+    delete_runs: also delete the runs that logged them (unless a kept version came from the same
+    run). MLflow only marks runs deleted; `mlflow gc` removes them and their artifacts for good."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     uri = resolve_tracking_uri(tracking_uri)
@@ -357,11 +360,15 @@ def prune_versions(model_name: str, keep: int, tracking_uri: str | None = None) 
         aliases = mlflow_client.get_registered_model(model_name).aliases
     aliased = {str(version) for version in aliases.values()}
     newest_first = sorted((str(item.version) for item in versions), key=int, reverse=True)
-    deleted = []
-    for version in newest_first[keep:]:
-        if version not in aliased:
-            delete_version(model_name, version, uri)
-            deleted.append(version)
+    runs = {str(item.version): item.run_id for item in versions}
+    deleted = [version for version in newest_first[keep:] if version not in aliased]
+    for version in deleted:
+        delete_version(model_name, version, uri)
+    if delete_runs:
+        kept_runs = {runs[version] for version in runs if version not in deleted}
+        for run_id in {runs[version] for version in deleted if runs[version]} - kept_runs:
+            with registry_errors(uri, f"delete run {run_id}"):
+                mlflow_client.delete_run(run_id)
     return deleted
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Sequence
 from ctloop.config import ConfigError, PipelineConfig, default_config_text, load_config
 from ctloop.drift import DRIFT_KINDS
 from ctloop.images import ImageDataError
+from ctloop_app.ports import StackPorts
 
 if TYPE_CHECKING:
     from ctloop_app.bootstrap import BootstrapResult
@@ -66,11 +67,29 @@ def _parser() -> argparse.ArgumentParser:
                            "torch.save'd state_dict of the role's family; repeatable")
     boot.set_defaults(command=_bootstrap)
 
-    serve = commands.add_parser("serve", help="start TorchServe + MLflow with bootstrapped models")
-    serve.add_argument("--models", type=Path, default=Path("runs/bootstrap"),
-                       help="a `ctloop bootstrap` output folder")
-    serve.add_argument("--work-dir", type=Path, default=Path("runs/serve"))
+    serve = commands.add_parser(
+        "serve", help="the continuous loop on this machine: serve, and run the pipeline on the config's schedule")
+    serve.add_argument("--work-dir", type=Path, default=Path("runs/serve"),
+                       help="where everything lives (registry, model store, predictions); a restart resumes it")
+    serve.add_argument("--models", type=Path,
+                       help="a `ctloop bootstrap` output folder: seeds an empty --work-dir (ignored once it is live)")
+    serve.add_argument("--config", type=Path, help="pipeline parameters and the schedule (default: the shipped "
+                                                   "ctloop/ctloop.yaml)")
+    serve.add_argument("--schedule", help="override the config's schedule: a five-field cron or 'every 30m'")
+    serve.add_argument("--run-every-predictions", type=int, metavar="N",
+                       help="override the config's run_every_predictions (0: off)")
+    defaults = StackPorts()
+    for name in ("inference", "management", "metrics", "grpc-inference", "grpc-management", "mlflow"):
+        serve.add_argument(f"--{name}-port", type=int, default=getattr(defaults, name.replace("-", "_")),
+                           help="default %(default)s")
     serve.set_defaults(command=_serve)
+
+    cycle = commands.add_parser("cycle", help="one pipeline run against a running `ctloop serve` (what its "
+                                              "schedule starts)")
+    cycle.add_argument("--stack", type=Path, default=Path("runs/serve"), help="the service's --work-dir")
+    cycle.add_argument("--config", type=Path, help="pipeline parameters (default: the shipped ctloop/ctloop.yaml)")
+    cycle.add_argument("--summary", type=Path, help="also write the run's summary here as JSON")
+    cycle.set_defaults(command=_cycle)
 
     run = commands.add_parser("run", help="one cycle on your ImageFolder: serve, stream, retrain, deploy")
     run.add_argument("--models", type=Path, required=True, help="a `ctloop bootstrap` output folder")
@@ -197,29 +216,40 @@ def _role_file(text: str) -> tuple[str, Path]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import time
+    from ctloop_app.service import ServiceError, ServiceSettings, serve_forever
+    from ctloop_app.ports import PortInUseError
 
-    from ctloop_app.stack import install_models, local_stack
-
-    models = args.models / "models"
-    files = {role: models / f"{role}.pt" for role in ("champion", "b1", "b2")}
-    missing = [path.name for path in files.values() if not path.is_file()]
-    if missing:
-        print(f"ctloop serve: no {', '.join(missing)} in {models}: serve needs the models of a bootstrap.\n"
-              f"  Train them on your labelled images:  ctloop bootstrap --image-folder DIR --out {args.models}\n"
-              f"  or on the bundled 8x8 digits:         ctloop bootstrap --out {args.models}", file=sys.stderr)
+    overrides = {key: value for key, value in (("schedule", args.schedule),
+                                               ("run_every_predictions", args.run_every_predictions))
+                 if value is not None}
+    ports = StackPorts(args.inference_port, args.management_port, args.metrics_port, args.grpc_inference_port,
+                       args.grpc_management_port, args.mlflow_port)
+    settings = ServiceSettings(args.work_dir, load_config(args.config).with_overrides(**overrides), args.models, ports)
+    try:
+        serve_forever(settings, lambda line: print(line, flush=True))
+    except (ServiceError, PortInUseError) as error:
+        print(f"ctloop serve: {error}", file=sys.stderr)
         return 2
-    with local_stack(args.work_dir) as stack:
-        version = install_models(stack, files, args.models / "data" / "train.npz")
-        print(f"champion v{version}, b1 and b2 are served by TorchServe")
-        print(f"  inference:  {stack.torchserve.inference_url}/predictions/champion")
-        print(f"  management: {stack.torchserve.management_url}/models")
-        print(f"  keys:       {stack.torchserve.key_file}  (send 'Authorization: Bearer <key>')")
-        print(f"  MLflow:     {stack.tracking_uri}")
-        print(f"  predictions are logged to {stack.store_dir}")
-        print("Ctrl-C stops everything.")
-        while True:
-            time.sleep(3600)
+    return 0
+
+
+def _cycle(args: argparse.Namespace) -> int:
+    from ctloop_app.cycle import CycleBusyError, run_cycle_in
+
+    try:
+        summary = run_cycle_in(args.stack.resolve(), load_config(args.config))
+    except CycleBusyError as error:
+        print(f"ctloop cycle: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # no stack.json: nothing serves from --stack
+        print(f"ctloop cycle: {error}", file=sys.stderr)
+        return 2
+    if args.summary:
+        summary.write(args.summary)
+    outcome = "succeeded" if summary.succeeded else f"FAILED: {summary.error}"
+    print(f"run {outcome} in {summary.seconds:.1f}s; champion v{summary.champion_before} -> "
+          f"v{summary.champion_after}; stages: {', '.join(summary.stages)}")
+    return 0 if summary.succeeded else 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -332,8 +362,10 @@ def _run_operation(args: argparse.Namespace, fleet: "Fleet") -> int:
     from ctloop_app import operate
 
     if args.operation == "status":
+        from ctloop_app.service import describe
+
         report = operate.status(fleet)
-        print("\n".join(report.lines(fleet)))
+        print("\n".join(report.lines(fleet) + ([] if args.management_url else describe(args.stack))))
         return 1 if report.splits else 0
     if args.operation == "reconcile":
         found = operate.reconcile_fleet(fleet)

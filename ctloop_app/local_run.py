@@ -5,19 +5,22 @@ this package), and its outputs land under `pipeline_root`. The run is returned a
 every task: status, wall time (which includes process start-up and imports) and outputs.
 """
 
+import contextlib
 import json
 import logging
+import os
 import re
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from kfp import local
 
 if TYPE_CHECKING:
     from ctloop.config import PipelineConfig
+    from ctloop_app.operate import Fleet
     from ctloop_app.stack import LocalStack
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -121,25 +124,44 @@ def _read_outputs(run_dir: Path, tasks: dict[str, TaskRecord]) -> None:
             task.artifacts[artifact_name] = {"uri": first["uri"], "metadata": first.get("metadata", {})}
 
 
-def stack_arguments(stack: "LocalStack", golden_set: Path) -> dict[str, Any]:
-    """The pipeline's service parameters for a local stack (the rest keep their config defaults)."""
-    from ctloop_app.stack import REGISTERED_MODEL
-
+def fleet_arguments(fleet: "Fleet", store_dir: Path, golden_set: Path) -> dict[str, Any]:
+    """The pipeline's service parameters for a local fleet (the rest keep their config defaults)."""
     return {
-        "store_dir": str(stack.store_dir),
-        "model_store": str(stack.model_store),
+        "store_dir": str(store_dir),
+        "model_store": str(fleet.model_store),
         "golden_set_uri": str(Path(golden_set).resolve()),
-        "ts_inference_url": stack.torchserve.inference_url,
-        "ts_management_url": stack.torchserve.management_url,
-        "mlflow_tracking_uri": stack.tracking_uri,
-        "registered_model": REGISTERED_MODEL,
+        "ts_inference_url": fleet.inference_url,
+        "ts_management_url": fleet.management_url,
+        "mlflow_tracking_uri": fleet.tracking_uri,
+        "registered_model": fleet.registered_model,
     }
 
 
 def run_cycle(stack: "LocalStack", config: "PipelineConfig", golden_set: Path, pipeline_root: Path) -> LocalRun:
     """One continuous-training cycle against a local stack, with `config` as parameters."""
+    return run_fleet_cycle(stack.fleet, stack.store_dir, stack.slack_outbox, config, golden_set, pipeline_root)
+
+
+def run_fleet_cycle(fleet: "Fleet", store_dir: Path, slack_outbox: Path, config: "PipelineConfig", golden_set: Path,
+                    pipeline_root: Path) -> LocalRun:
+    """One cycle against a running stack that this process did not start (`ctloop cycle`)."""
     from ctloop_app.stack import stage_environment
     from kubeflow_pipeline.pipeline import build_pipeline
 
-    with stage_environment(stack):
-        return run_locally(build_pipeline(config), stack_arguments(stack, golden_set), pipeline_root)
+    with _environment(stage_environment(fleet, slack_outbox)):
+        return run_locally(build_pipeline(config), fleet_arguments(fleet, store_dir, golden_set), pipeline_root)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set the stages' environment for a local pipeline run, restoring it afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -9,7 +9,6 @@ version 1 with the alias `champion`, and the champion, B1 and B2 served as Torch
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,10 +19,11 @@ from ctloop_app.mlflow_server import MlflowServer
 from ctloop_app.operate import Fleet
 from serving.archive import build_archive
 from serving.client import TorchServeClient
+from ctloop_app.ports import StackPorts
 from serving.server import LocalTorchServe
 from serving.state import ServingState, write_state
 
-__all__ = ["BRANCH_VERSION", "REGISTERED_MODEL", "LocalStack", "install_models", "local_stack", "stage_environment"]
+__all__ = ["BRANCH_VERSION", "REGISTERED_MODEL", "LocalStack", "install_models", "local_stack"]
 
 
 @dataclass
@@ -45,29 +45,45 @@ class LocalStack:
     def slack_outbox(self) -> Path:
         return self.work_dir / "slack_outbox.jsonl"
 
+    @property
+    def fleet(self) -> Fleet:
+        """Where serving and its registry are, as `ctloop status` and a service's cycles find them."""
+        return Fleet(self.model_store, self.torchserve.inference_url, self.torchserve.management_url,
+                     self.tracking_uri, REGISTERED_MODEL, self.torchserve.key_file)
+
     def stage_environment(self) -> dict[str, str]:
         """What the pipeline's stages read from their environment when run against this stack."""
-        return {"CTLOOP_TS_KEY_FILE": str(self.torchserve.key_file), "CTLOOP_SLACK_OUTBOX": str(self.slack_outbox)}
+        return stage_environment(self.fleet, self.slack_outbox)
+
+
+def stage_environment(fleet: Fleet, slack_outbox: Path) -> dict[str, str]:
+    """What the pipeline's stages read from their environment: TorchServe's keys, Slack's outbox."""
+    return {"CTLOOP_TS_KEY_FILE": str(fleet.key_file), "CTLOOP_SLACK_OUTBOX": str(slack_outbox)}
 
 
 @contextlib.contextmanager
-def local_stack(work_dir: str | Path, mlflow_server: bool = True) -> Iterator[LocalStack]:
-    """Start TorchServe (and an MLflow server, unless `mlflow_server` is False); stop both on exit."""
+def local_stack(work_dir: str | Path, mlflow_server: bool = True, ports: StackPorts | None = None) -> Iterator[LocalStack]:
+    """Start TorchServe (and an MLflow server, unless `mlflow_server` is False); stop both on exit.
+
+    `ports`: fixed ports (checked free first); None: free ones, different at every start."""
     work_dir = Path(work_dir).resolve()
+    if ports is not None:
+        ports.check_free()
     with contextlib.ExitStack() as stack:
         if mlflow_server:
-            tracking_uri = stack.enter_context(MlflowServer(work_dir / "mlflow")).tracking_uri
+            mlflow = MlflowServer(work_dir / "mlflow", port=ports.mlflow if ports else None)
+            tracking_uri = stack.enter_context(mlflow).tracking_uri
         else:
             (work_dir / "mlflow").mkdir(parents=True, exist_ok=True)
             tracking_uri = f"sqlite:///{work_dir / 'mlflow' / 'mlflow.db'}"
-        torchserve = stack.enter_context(LocalTorchServe(work_dir / "torchserve", store_dir=work_dir / "store"))
+        torchserve = stack.enter_context(LocalTorchServe(work_dir / "torchserve", ports.torchserve() if ports else None,
+                                                         store_dir=work_dir / "store"))
         client = TorchServeClient(torchserve.inference_url, torchserve.management_url, torchserve.keys())
         stack.callback(client.close)
-        # For `ctloop status`, `promote`, `rollback` and `reconcile --stack WORK_DIR` while it runs.
-        described = Fleet(torchserve.model_store, torchserve.inference_url, torchserve.management_url, tracking_uri,
-                          REGISTERED_MODEL, torchserve.key_file).save(work_dir)
-        stack.callback(described.unlink, missing_ok=True)
-        yield LocalStack(work_dir, torchserve, tracking_uri, client)
+        local = LocalStack(work_dir, torchserve, tracking_uri, client)
+        # For `ctloop status`, `promote`, `rollback`, `reconcile` and `cycle --stack WORK_DIR` while it runs.
+        stack.callback(local.fleet.save(work_dir).unlink, missing_ok=True)
+        yield local
 
 
 def install_models(
@@ -90,16 +106,3 @@ def install_models(
     return version
 
 
-@contextlib.contextmanager
-def stage_environment(stack: LocalStack) -> Iterator[None]:
-    """Set the stages' environment for a local pipeline run, restoring it afterwards."""
-    saved = {name: os.environ.get(name) for name in stack.stage_environment()}
-    os.environ.update(stack.stage_environment())
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

@@ -78,6 +78,7 @@ def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSetting
         yield_confidence: float = config.yield_confidence,
         trigger: str = config.trigger,
         merge_previous: bool = config.merge_previous,
+        previous_per_class: int = config.previous_per_class,
         min_samples: int = config.min_samples,
         confidence_threshold: float = config.confidence_threshold,
         val_ratio: float = config.val_ratio,
@@ -126,6 +127,7 @@ def _retrain(ops: dict, monitor: dsl.PipelineTask, p: dict) -> None:
     golden.set_display_name("golden set")
     collect = ops[collect_op](
         window=monitor.outputs["window"], store_dir=p["store_dir"], merge_previous=p["merge_previous"],
+        previous_per_class=p["previous_per_class"],
         mlflow_tracking_uri=p["mlflow_tracking_uri"], registered_model=p["registered_model"], run_name=run_name,
     ).set_display_name("collect").after(started)
     validate = ops[validate_op](

@@ -9,6 +9,7 @@ def collect_op(
     window: Input[Dataset],
     store_dir: str,
     merge_previous: bool,
+    previous_per_class: int,
     mlflow_tracking_uri: str,
     registered_model: str,
     run_name: str,
@@ -21,6 +22,7 @@ def collect_op(
         window: prediction records of the monitored window (from monitor).
         store_dir: prediction store root holding the samples.
         merge_previous: also train on the set the champion was trained on.
+        previous_per_class: the most rows of that set kept per class (0: all).
         mlflow_tracking_uri: MLflow tracking URI ("" uses MLFLOW_TRACKING_URI).
         registered_model: MLflow registered model whose `champion` alias names the champion.
         run_name: the pipeline run, for alerts.
@@ -34,6 +36,6 @@ def collect_op(
 
     with alert_on_failure("collect", run_name):
         result = collect_from_registry(Path(window.path), Path(store_dir), Path(collected.path), merge_previous,
-                                       mlflow_tracking_uri, registered_model)
+                                       mlflow_tracking_uri, registered_model, previous_per_class)
     outputs = namedtuple("CollectOutputs", "new_samples total_samples image_height image_width num_classes")
     return outputs(**result.outputs())

@@ -4,6 +4,12 @@ The result is a CollectedSet: new rows (from the window, unlabelled unless groun
 gave their label) and previous rows (labelled). Every new sample survives the merge, even one
 whose pixels equal a previous sample's: it is a new observation of production, and the
 consensus filter must see it.
+
+The previous rows are capped per class (`previous_per_class`), so that the training set, and with
+it training time, stays bounded however many cycles add their windows. Each training set lists
+its rows newest first (consensus puts the window's pseudo-labelled rows before the previous
+ones), so a capped class keeps its newest half-cap rows and a seeded random sample of the older
+ones for the rest: recent production, plus a stratified reservoir of the history.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from ctloop.images import ImageDataError, ImageSet
 from ctloop.wire import SHARD_PATTERN
 from serving.store import PredictionStoreError, load_samples, read_predictions
 
-__all__ = ["CollectResult", "CollectSummary", "collect_from_registry", "collect_window"]
+__all__ = ["CollectResult", "CollectSummary", "cap_per_class", "collect_from_registry", "collect_window"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class CollectSummary:
         labelled_new: new samples with a ground-truth label from feedback.
         previous_samples: samples merged in from the previous training set.
         image_size: (H, W) of every sample.
+        previous_dropped: previous samples left out by the per-class cap.
     """
 
     out: Path
@@ -41,6 +48,7 @@ class CollectSummary:
     labelled_new: int
     previous_samples: int
     image_size: tuple[int, int]
+    previous_dropped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +57,7 @@ class CollectSummary:
             "labelled_new": self.labelled_new,
             "previous_samples": self.previous_samples,
             "total_samples": self.new_samples + self.previous_samples,
+            "previous_dropped": self.previous_dropped,
             "image_size": list(self.image_size),
         }
 
@@ -88,6 +97,7 @@ def collect_from_registry(
     merge_previous: bool,
     tracking_uri: str | None,
     registered_model: str,
+    previous_per_class: int = 0,
 ) -> CollectResult:
     """The collect stage: collect_window against the model version MLflow's `champion` alias names.
 
@@ -103,6 +113,7 @@ def collect_from_registry(
         merge_previous: also merge the champion's training set into the collected set.
         tracking_uri: MLflow tracking URI ("" or None: MLFLOW_TRACKING_URI).
         registered_model: the MLflow registered model whose `champion` alias names the champion.
+        previous_per_class: the most previous rows kept per class (0: all).
 
     Raises:
         RegistryError: MLflow is unreachable or has no `champion` alias for the model.
@@ -122,7 +133,8 @@ def collect_from_registry(
             )
         champion_set = ImageSet.load(files.train_set)
         summary = collect_window(Path(window_records), Path(store_dir), Path(out),
-                                 files.train_set if merge_previous else None, champion_set.class_names)
+                                 files.train_set if merge_previous else None, champion_set.class_names,
+                                 previous_per_class)
     print(summary.to_dict())
     return CollectResult(summary, version, champion_set.image_size, len(champion_set.class_names))
 
@@ -133,6 +145,7 @@ def collect_window(
     out: Path,
     previous_train: Path | None,
     class_names: Sequence[str],
+    previous_per_class: int = 0,
 ) -> CollectSummary:
     """Fetch the window's samples from the store, merge the previous training set, save the result.
 
@@ -143,6 +156,7 @@ def collect_window(
         out: where to write the CollectedSet (.npz).
         previous_train: the previous training set (ImageSet .npz) to merge; None: new samples only.
         class_names: the champion's class names, indexed by label id.
+        previous_per_class: the most previous rows kept per class (0: all); see the module's docstring.
 
     Returns:
         The counts written.
@@ -175,6 +189,10 @@ def collect_window(
         class_names=class_names,
     )
     previous = _load_previous(Path(previous_train), class_names, images.shape[1:]) if previous_train else None
+    dropped = 0
+    if previous is not None and previous_per_class:
+        kept = cap_per_class(previous.labels, previous_per_class)
+        dropped, previous = len(previous) - len(kept), previous.subset(kept)
     merged = new if previous is None else _merge(new, previous)
     merged.save(out)
     return CollectSummary(
@@ -183,7 +201,23 @@ def collect_window(
         labelled_new=int((labels != UNLABELLED).sum()),
         previous_samples=0 if previous is None else len(previous),
         image_size=(int(images.shape[1]), int(images.shape[2])),
+        previous_dropped=dropped,
     )
+
+
+def cap_per_class(labels: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
+    """Indices (ascending) of the rows kept when each class keeps at most `cap`: its first
+    (newest) `cap // 2` rows, and a seeded uniform sample of its older rows for the rest."""
+    kept = []
+    rng = np.random.default_rng(seed)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        if len(rows) <= cap:
+            kept.append(rows)
+            continue
+        newest = cap // 2
+        kept += [rows[:newest], rng.choice(rows[newest:], cap - newest, replace=False)]
+    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
 
 
 def _load_window_samples(store_dir: Path, refs: list[str]) -> np.ndarray:

@@ -13,7 +13,9 @@ from mlflow import MlflowClient
 
 from ctloop import http, registry
 from ctloop.images import ImageSet
+from ctloop_app.cycle import prune_registry
 from ctloop_app.mlflow_server import MlflowServer
+from ctloop_app.operate import Fleet
 from ctloop.modelfile import ModelCard, load_model, save_model
 from ctloop.models import build_model
 from ctloop.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistryError
@@ -157,9 +159,14 @@ def test_delete_and_prune(tracking_uri: str, model_files: tuple[Path, Path]) -> 
     with pytest.raises(RegistryError, match="version 1 of 'prune' is the champion"):
         registry.delete_version(name, "1", tracking_uri)
 
-    assert registry.prune_versions(name, keep=2, tracking_uri=tracking_uri) == ["3", "2"]
+    runs = {str(version.version): version.run_id
+            for version in MlflowClient(tracking_uri).search_model_versions(f"name = '{name}'")}
+    assert registry.prune_versions(name, keep=2, tracking_uri=tracking_uri, delete_runs=True) == ["3", "2"]
     remaining = MlflowClient(tracking_uri).search_model_versions(f"name = '{name}'")
     assert sorted(str(version.version) for version in remaining) == ["1", "4", "5"]
+    stages = {version: MlflowClient(tracking_uri).get_run(run_id).info.lifecycle_stage
+              for version, run_id in runs.items()}
+    assert stages == {"1": "active", "2": "deleted", "3": "deleted", "4": "active", "5": "active"}
 
     registry.delete_version(name, "4", tracking_uri)
     with pytest.raises(RegistryError, match="has no version 4"):
@@ -234,10 +241,15 @@ def test_unreachable_server_is_retried_by_the_policy_then_the_environment_is_res
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """A real `mlflow server` on loopback: SQLite backend, proxied artifact store."""
     with MlflowServer(tmp_path_factory.mktemp("server")) as server:
-        yield server.tracking_uri
+        yield server
+
+
+@pytest.fixture
+def mlflow_server(served: MlflowServer) -> str:
+    return served.tracking_uri
 
 
 @pytest.mark.slow
@@ -255,3 +267,25 @@ def test_against_a_real_tracking_server(
     files = registry.download_version("served", second, tmp_path, mlflow_server)
     assert files.model_file.read_bytes() == model_file.read_bytes()
     assert files.train_set is not None and files.train_set.read_bytes() == train_set.read_bytes()
+
+
+@pytest.mark.slow
+def test_pruning_a_service_registry_removes_old_versions_runs_and_artifacts_for_good(
+        served: MlflowServer, model_files: tuple[Path, Path]) -> None:
+    """What `ctloop cycle` does after each run: the artifacts of the pruned versions' runs are
+    gone from the server's artifact store, the kept ones' (and the champion's) stay."""
+    model_file, train_set = model_files
+    uri = served.tracking_uri
+    versions = [registry.register_model_file("pruned", model_file, train_set, tracking_uri=uri) for _ in range(4)]
+    registry.promote("pruned", versions[0], uri)
+    runs = {version.version: version.run_id for version in MlflowClient(uri).search_model_versions("name='pruned'")}
+    artifacts = served.work_dir / "artifacts"
+
+    def stored(run_id: str) -> bool:
+        return any(run_id in str(path) for path in artifacts.rglob("*.pt"))
+
+    assert all(stored(run_id) for run_id in runs.values())
+    fleet = Fleet(served.work_dir, "http://unused", "http://unused", uri, "pruned")
+    assert prune_registry(fleet, served.work_dir / "mlflow.db", keep=2) == ["2"]
+    assert [stored(runs[version]) for version in ("1", "2", "3", "4")] == [True, False, True, True]
+    assert prune_registry(fleet, served.work_dir / "mlflow.db", keep=2) == []  # nothing more to do

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import components.collect
-from components.collect.logic import collect_window
+from components.collect.logic import cap_per_class, collect_window
 from ctloop.collected import CollectedSet
 from components.monitor.logic import check_yield
 from ctloop.images import ImageDataError, ImageSet
@@ -32,8 +32,8 @@ def previous_set(path: Path, count: int = 6, images: np.ndarray | None = None) -
 
 
 def test_public_names():
-    assert sorted(components.collect.__all__) == ["CollectResult", "CollectSummary", "collect_from_registry",
-                                                  "collect_window"]
+    assert sorted(components.collect.__all__) == ["CollectResult", "CollectSummary", "cap_per_class",
+                                                  "collect_from_registry", "collect_window"]
 
 
 def test_collects_the_window_samples_unlabelled(prediction_store, tmp_path):
@@ -48,7 +48,7 @@ def test_collects_the_window_samples_unlabelled(prediction_store, tmp_path):
     assert data.items.tolist() == [0] * 4 and data.class_names == CLASSES
     assert summary.to_dict() == {
         "out": str(tmp_path / "collected.npz"), "new_samples": 4, "labelled_new": 0, "previous_samples": 0,
-        "total_samples": 4, "image_size": [8, 8],
+        "total_samples": 4, "previous_dropped": 0, "image_size": [8, 8],
     }
 
 
@@ -61,6 +61,30 @@ def test_monitor_window_feeds_collect_with_feedback_labels(prediction_store, tmp
     summary = collect_window(window, prediction_store.root, tmp_path / "c.npz", None, CLASSES)
     assert summary.labelled_new == 1
     assert CollectedSet.load(tmp_path / "c.npz").labels.tolist() == [-1, 2, -1, -1, -1]
+
+
+def test_the_cap_keeps_each_class_newest_half_and_a_sample_of_its_history() -> None:
+    labels = np.array([0] * 10 + [1] * 3 + [0] * 30)  # newest first; class 1 is under the cap
+    kept = cap_per_class(labels, 8)
+    assert kept.tolist() == sorted(kept.tolist()) and len(set(kept.tolist())) == len(kept)  # order kept
+    zeros = [row for row in kept if labels[row] == 0]
+    assert len(zeros) == 8 and zeros[:4] == [0, 1, 2, 3]  # the four newest of class 0 ...
+    assert all(row >= 4 for row in zeros[4:])  # ... and four of its 36 older rows
+    assert [row for row in kept if labels[row] == 1] == [10, 11, 12]
+    assert cap_per_class(labels, 8).tolist() == kept.tolist()  # seeded: the same rows every time
+    # The older half reaches back through the whole history, not only the next-newest rows.
+    reach = [max(cap_per_class(labels, 8, seed)) for seed in range(20)]
+    assert max(reach) > 30
+
+
+def test_a_capped_merge_drops_only_previous_rows_and_says_how_many(prediction_store, tmp_path):
+    old = previous_set(tmp_path / "previous.npz")  # 6 rows, 2 per class
+    window = write_window(tmp_path / "window.jsonl", [prediction_store.log(0.5) for _ in range(4)])
+    summary = collect_window(window, prediction_store.root, tmp_path / "c.npz", old, CLASSES, previous_per_class=1)
+    data = CollectedSet.load(tmp_path / "c.npz")
+    assert (summary.new_samples, summary.previous_samples, summary.previous_dropped) == (4, 3, 3)
+    assert summary.to_dict()["previous_dropped"] == 3
+    assert data.is_new.tolist() == [True] * 4 + [False] * 3 and sorted(data.labels[4:].tolist()) == [0, 1, 2]
 
 
 def test_merge_keeps_every_new_sample_even_identical_to_previous_ones(prediction_store, tmp_path):
