@@ -88,7 +88,7 @@ def bench_cycle(stack: LocalStack, boot: BootstrapResult, settings: BenchSetting
     line = ProductionLine(pool, settings.seed, DriftSpec(settings.cycle_drift, settings.severity, start=0))
     Traffic(stack.client, stack.store_dir, AUDIT_SHARE, settings.seed).send(line.take(config.recent_window))
     old_version = stack.client.default_version("champion")
-    with DefaultWatcher(stack.client, pool.images[:1], old_version) as watcher, _quiet(work / "cycle.log"):
+    with DefaultWatcher(stack.client, pool.images[:1], old_version) as watcher, quiet(work / "cycle.log"):
         run = run_cycle(stack, config, boot.golden_set, work / "pipeline_root")
     tripped_at = _finished_at(run, "monitor-op")
     stages = _stage_breakdown(run, _noop_task_seconds(work), _import_seconds(run))
@@ -112,7 +112,7 @@ def bench_cycle(stack: LocalStack, boot: BootstrapResult, settings: BenchSetting
 
 
 @contextlib.contextmanager
-def _quiet(log_file: Path) -> Iterator[None]:
+def quiet(log_file: Path) -> Iterator[None]:
     """kfp.local prints every task's streamed output; keep it in a log file, not in the table."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
@@ -183,7 +183,7 @@ def _read_and_write(path: Path, copy: Path) -> None:
 
 def _noop_task_seconds(work: Path) -> float:
     """Median wall time of a no-op kfp.local task: the per-stage cost of being a task."""
-    with _quiet(work / "noop.log"):
+    with quiet(work / "noop.log"):
         run = run_locally(build_noop_pipeline(NOOP_TASKS), {}, work / "noop_root")
     return statistics.median(task.seconds for task in run.tasks.values())
 

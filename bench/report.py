@@ -11,7 +11,8 @@ def markdown(results: dict[str, Any]) -> str:
     """Every section that ran, each as a short heading line and a table."""
     parts = [_machine(results)]
     for key, render in (("serving", _serving), ("consensus", _consensus), ("cycle", _cycle),
-                        ("cycle_parts", _cycle_parts), ("learning", _learning), ("deploy", _deploy)):
+                        ("cycle_parts", _cycle_parts), ("learning", _learning), ("deploy", _deploy),
+                        ("longrun", _longrun)):
         if key in results:
             parts.append(render(results[key]))
     return "\n\n".join(parts) + "\n"
@@ -141,3 +142,28 @@ def _deploy(deploy: dict[str, Any]) -> str:
         f"{deploy['slowest_over_steady_p99']}; answered by {versions}.",
         _table(["requests", "n", "failed", "p50 ms", "p99 ms", "max ms"], rows),
     ])
+
+
+def _longrun(longrun: dict[str, Any]) -> str:
+    goals = longrun["goals"]
+    stages = ", then ".join(f"{kind} ({count})" for kind, count in longrun["stages"])
+    rows = [[cycle["cycle"], cycle["drift"], cycle["champion"], cycle["seconds"], cycle["train_size"],
+             _largest(cycle["peak_mb"]), cycle["accuracy_before"], cycle["accuracy_after"]]
+            for cycle in longrun["cycles"]]
+    return "\n\n".join([
+        f"**6. The loop over time**: {len(rows)} cycles over one stream, {stages}; training sets capped at "
+        f"{longrun['previous_per_class']} previous rows per class. Slowest cycle / first: "
+        f"{goals['max_seconds_over_first']} (goal 1.5); highest peak memory / first: "
+        f"{goals['max_peak_mb_over_first']} (goal 1.5); cycles that left the champion worse: "
+        f"{goals['cycles_that_lowered_accuracy'] or 'none'}. Every stage's peak is in results.json.",
+        _table(["cycle", "drift", "champion", "seconds", "training rows", "largest peak MB", "accuracy before",
+                "after"], rows),
+    ])
+
+
+def _largest(peaks: dict[str, int]) -> str:
+    """The stage with the highest peak resident memory, e.g. "train 518"."""
+    if not peaks:
+        return "n/a"
+    task = max(peaks, key=peaks.get)
+    return f"{task} {peaks[task]}"

@@ -28,6 +28,7 @@ from bench.cycle import bench_cycle
 from bench.deploy_load import bench_deploy
 from bench.learning import bench_learning
 from bench.load import npy_bodies
+from bench.longrun import bench_longrun
 from bench.machine import describe_machine, load_average
 from bench.report import markdown
 from bench.serving import bench_serving
@@ -82,6 +83,9 @@ def run_bench(settings: BenchSettings, name: str, work: Path, say: Callable[[str
         results["deploy"] = section("deploy", lambda: bench_deploy(
             stack, boot.model_files["champion"], boot.train_set, boot.golden_set, bodies, settings.deploy_concurrency,
             work / "deploy", settings.deploy_swaps))
+    with local_stack(work / "longrun-stack", settings.mlflow_server) as stack:
+        section("install longrun", lambda: install_models(stack, boot.model_files, boot.train_set))
+        results["longrun"] = section("longrun", lambda: bench_longrun(stack, boot, settings, work / "longrun"))
     results["learning"] = {"digits": section("learning digits", lambda: _one_thread(lambda: bench_learning(boot, settings)))}
     if "parts" in settings.lines:
         parts = section("bootstrap parts", lambda: _one_thread(lambda: bootstrap_split(

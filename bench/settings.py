@@ -63,6 +63,10 @@ class BenchSettings:
         deploy_concurrency: client threads sending requests during the deploys.
         deploy_swaps: deploys in a row under that load.
         mlflow_server: MLflow as a tracking server (as in `make run`) rather than its SQLite file.
+        longrun_stages: the loop over time: (drift kind or None for clean, cycles) in stream order.
+        longrun_previous_per_class: its training sets' cap per class (config previous_per_class): 150
+            keeps the digits' training sets within about 1.3x of the first cycle's (90 bootstrap rows
+            per class, and each retrain adds up to 3 x 300 pseudo-labelled rows).
     """
 
     seed: int = 0
@@ -84,6 +88,8 @@ class BenchSettings:
     deploy_concurrency: int = 4
     deploy_swaps: int = 3
     mlflow_server: bool = True
+    longrun_stages: tuple[tuple[DriftKind | None, int], ...] = (("lighting", 5), ("blur", 5), ("noise", 5), (None, 5))
+    longrun_previous_per_class: int = 150
 
 
 FULL = BenchSettings()
@@ -108,4 +114,5 @@ TINY = BenchSettings(
     deploy_concurrency=2,
     deploy_swaps=1,
     mlflow_server=False,
+    longrun_stages=(("blur", 2), (None, 1)),
 )

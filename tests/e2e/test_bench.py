@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = REPO_ROOT / "bench" / "results.json"
-SECTIONS = ("machine", "serving", "consensus", "cycle", "cycle_parts", "learning", "deploy")
+SECTIONS = ("machine", "serving", "consensus", "cycle", "cycle_parts", "learning", "deploy", "longrun")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_every_section_is_there_and_described(tiny) -> None:
     for heading in ("**1. Serving**", "**2. Consensus filter**", "**3. CT cycle**",
                     "**3b. CT cycle on the parts line** (32x32)", "**4. Learning quality, digits**",
                     "**4. Learning quality, parts**",
-                    "**5. Deploy under load**"):
+                    "**5. Deploy under load**", "**6. The loop over time**"):
         assert heading in table
 
 
@@ -112,3 +112,15 @@ def test_deploy_under_load_loses_nothing(tiny) -> None:
     assert deploy["steady"]["requests"] > 0
     assert deploy["during_swaps"]["failed"] == 0 and deploy["failed_total"] == 0
     assert deploy["during_swaps"]["max_ms"] < 3000
+
+
+def test_the_loop_over_time_records_every_cycle(tiny) -> None:
+    longrun = tiny[0]["longrun"]
+    cycles = longrun["cycles"]
+    assert [cycle["drift"] for cycle in cycles] == ["blur", "blur", "clean"]
+    assert all(cycle["succeeded"] for cycle in cycles) and longrun["goals"]["all_succeeded"]
+    first = cycles[0]
+    assert first["retrained"] and first["train_size"] > 0 and first["champion"] == "1 -> 2"  # the tiny cycle deploys
+    assert {"monitor", "train", "deploy"} <= set(first["peak_mb"]) and first["peak_mb"]["train"] > 50
+    assert all(0.0 <= cycle[key] <= 1.0 for cycle in cycles for key in ("accuracy_before", "accuracy_after"))
+    assert longrun["goals"]["max_seconds_over_first"] > 0
