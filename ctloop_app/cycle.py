@@ -30,7 +30,7 @@ from ctloop_app.figures import cycle_figures
 from ctloop_app.local_run import run_fleet_cycle
 from ctloop_app.operate import Fleet
 
-__all__ = ["CycleBusyError", "CycleSummary", "KEEP_RUN_FOLDERS", "prune_registry", "run_cycle_in", "work_layout"]
+__all__ = ["CycleBusyError", "CycleSummary", "KEEP_RUN_FOLDERS", "prune_registry", "run_cycle_in"]
 
 KEEP_RUN_FOLDERS = 5  # kfp.local run folders (every stage's artifacts, training sets included) kept
 
@@ -54,16 +54,16 @@ class CycleSummary:
         write_atomic(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
 
 
-def work_layout(work_dir: Path) -> dict[str, Path]:
+def _layout(work_dir: Path) -> dict[str, Path]:
     """Where a service's work directory keeps what a run reads and writes."""
     return {"store": work_dir / "store", "golden_set": work_dir / "seed" / "golden.npz",
             "slack_outbox": work_dir / "slack_outbox.jsonl", "pipeline_root": work_dir / "pipeline_root",
             "run_lock": work_dir / ".run.lock"}
 
 
-def run_cycle_in(work_dir: Path, config: PipelineConfig, golden_set: Path | None = None) -> CycleSummary:
+def run_cycle_in(work_dir: Path, config: PipelineConfig) -> CycleSummary:
     """Run the pipeline once against the stack serving from `work_dir` (its stack.json)."""
-    layout = work_layout(work_dir)
+    layout = _layout(work_dir)
     fleet = Fleet.load(work_dir)
     lock = FileLock(layout["run_lock"])
     try:
@@ -73,7 +73,7 @@ def run_cycle_in(work_dir: Path, config: PipelineConfig, golden_set: Path | None
     try:
         before = registry.get_version_by_alias(fleet.registered_model, registry.CHAMPION, fleet.tracking_uri)
         run = run_fleet_cycle(fleet, layout["store"], layout["slack_outbox"], config,
-                              golden_set or layout["golden_set"], layout["pipeline_root"])
+                              layout["golden_set"], layout["pipeline_root"])
         after = registry.get_version_by_alias(fleet.registered_model, registry.CHAMPION, fleet.tracking_uri)
         _prune_runs(layout["pipeline_root"], KEEP_RUN_FOLDERS)
         pruned = prune_registry(fleet, work_dir / "mlflow" / "mlflow.db", config.registry_keep_versions)

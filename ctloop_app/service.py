@@ -281,21 +281,11 @@ def stop_leftovers(record: Path) -> list[str]:
     if each still runs with the same start time (a pid reused by something else is left alone)."""
     if not record.is_file():
         return []
-    left: list[psutil.Process] = []
     entries = json.loads(record.read_text())
-    entry_groups = {entry["pid"]: entry.get("group", False) for entry in entries}
-    for entry in entries:
-        try:
-            process = psutil.Process(entry["pid"])
-            if abs(process.create_time() - entry["created"]) < 0.01:
-                left.append(process)
-        except psutil.NoSuchProcess:
-            continue
-    for process in list(left):
-        if entry_groups.get(process.pid):  # a run: its stages too, started after the record was made
-            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-                left += [member for member in psutil.process_iter() if _group(member) == process.pid
-                         and member not in left]
+    left = [process for process in map(_still_running, entries) if process is not None]
+    runs = {entry["pid"] for entry in entries if entry.get("group")} & {process.pid for process in left}
+    # A run's stages started after the record was made: the run's whole process group goes.
+    left += [member for member in psutil.process_iter() if member not in left and _group(member) in runs]
     for process in left:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()
@@ -305,6 +295,15 @@ def stop_leftovers(record: Path) -> list[str]:
             process.kill()
     record.unlink()
     return [f"stopped {len(left)} process(es) an earlier service left running"] if left else []
+
+
+def _still_running(entry: dict) -> psutil.Process | None:
+    """The recorded process, if it runs still: the same pid with the same start time."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process = psutil.Process(entry["pid"])
+        if abs(process.create_time() - entry["created"]) < 0.01:
+            return process
+    return None
 
 
 def _record_processes(record: Path, run: int | None = None) -> None:

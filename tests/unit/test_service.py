@@ -4,6 +4,7 @@ decision (seed or resume), fixed ports, leftovers of a killed service, and the s
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import shlex
 import socket
@@ -139,6 +140,26 @@ def test_leftovers_of_a_killed_service_are_stopped_and_a_reused_pid_is_not(tmp_p
         for process in (left, stranger):
             process.kill()
             process.wait()
+
+
+def test_a_killed_services_run_is_stopped_with_the_stages_it_started_after_the_record(tmp_path: Path) -> None:
+    # A run (own process group) that starts a stage later, as kfp.local does: only the run is recorded.
+    run = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, "
+                            "'-c', 'import time; time.sleep(60)']); print('started', flush=True); time.sleep(60)"],
+                           start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout.readline().strip() == "started"
+        stage = psutil.Process(run.pid).children()[0]
+        record = tmp_path / "processes.json"
+        record.write_text(json.dumps([{"pid": run.pid, "created": psutil.Process(run.pid).create_time(), "group": True}]))
+        assert stop_leftovers(record) == ["stopped 2 process(es) an earlier service left running"]
+        assert run.wait(timeout=5) is not None
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone, or a zombie its new parent has yet to reap
+            assert stage.status() == psutil.STATUS_ZOMBIE
+    finally:
+        run.kill()
+        run.wait()
+        run.stdout.close()
 
 
 def _unit() -> configparser.ConfigParser:
