@@ -1,7 +1,7 @@
 # ctloop: two commands do all the set-up on a fresh machine.
 #   make run   - the continuous-training demo, end to end
 #   make test  - the test suite (make test-fast: the unit tier only)
-#   make bench - the benchmarks: bench/results.json and a Markdown table (about 23 minutes)
+#   make bench - the benchmarks: bench/results.json and a Markdown table (about 17-23 minutes)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin

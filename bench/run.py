@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run on this machine, into a results file and a table.
 
-    python -m bench                     # the full run: bench/results.json, about 23 minutes
+    python -m bench                     # the full run: bench/results.json, about 17-23 minutes
     python -m bench --tiny --out X.json # the test suite's run: a few requests, one drift kind
 
 Order matters: the CT cycle runs first on the fresh stack, because its monitor reads the
