@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,29 @@ def encode_batch(images: np.ndarray) -> bytes:
 
 
 def decode_batch(payload: bytes) -> np.ndarray:
-    """Inverse of encode_batch; never unpickles."""
+    """Inverse of encode_batch; never unpickles, and never allocates more than the payload holds:
+    a header whose shape needs more bytes than follow it is refused before numpy allocates it
+    (150 bytes claiming (1e5, 1e5, 1e5) floats would otherwise ask for 4 PB)."""
     try:
+        _check_body_length(payload)
         return np.load(io.BytesIO(payload), allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise WireError(f"unreadable .npy batch ({error}); send ctloop.wire.encode_batch bytes") from error
+
+
+def _check_body_length(payload: bytes) -> None:
+    stream = io.BytesIO(payload)
+    version = np.lib.format.read_magic(stream)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported (1.0 or 2.0)")
+    shape, _, dtype = readers[version](stream)
+    if dtype.hasobject:
+        return  # np.load refuses it (allow_pickle=False) with numpy's own message
+    needed, available = math.prod(shape) * dtype.itemsize, len(payload) - stream.tell()
+    if needed > available:
+        raise ValueError(f"the header claims shape {tuple(shape)} of {dtype} ({needed:,} bytes), "
+                         f"but only {available:,} bytes follow it")
 
 
 def shard_name(model_name: str, model_version: str, writer: str, size: tuple[int, int]) -> str:

@@ -77,6 +77,16 @@ def test_branch_and_eval_answer_batches(serving, model_files, random_images) -> 
     assert np.allclose(evaluated["probabilities"], in_process(model_files["b2"], images), atol=1e-5)
 
 
+def _huge_npy_header() -> bytes:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (100_000, 100_000, 100_000)})
+    return header.getvalue()
+
+
+HUGE_NPY_HEADER = _huge_npy_header()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -87,6 +97,8 @@ def test_branch_and_eval_answer_batches(serving, model_files, random_images) -> 
         ({"json": {"images": []}}, "empty batch"),
         ({"json": {"image": (np.ones((8, 8)) * 3).tolist()}}, "pixel values must be in [0, 1]"),
         ({"body": encode_batch(np.zeros((300, 8, 8), dtype=np.float32))}, "too many images: 300"),
+        # 128 bytes whose header claims 4 PB: refused before numpy allocates (it answered 507 before)
+        ({"body": HUGE_NPY_HEADER}, "claims shape (100000, 100000, 100000) of float32"),
     ],
 )
 def test_bad_input_gets_400_and_the_worker_keeps_serving(serving, random_images, kwargs, message) -> None:

@@ -58,6 +58,20 @@ def test_batch_codec_round_trips_and_refuses_pickles() -> None:
         decode_batch(buffer.getvalue())
 
 
+def test_a_batch_header_claiming_more_than_its_body_is_refused_before_allocation() -> None:
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (100_000, 100_000, 100_000)})
+    with pytest.raises(WireError, match=r"claims shape \(100000, 100000, 100000\) of float32 "
+                                        r"\(4,000,000,000,000,000 bytes\), but only 0 bytes follow"):
+        decode_batch(header.getvalue())  # 128 bytes; numpy alone would try to allocate 4 PB
+    whole = encode_batch(np.zeros((2, 8, 8), dtype=np.float32))
+    with pytest.raises(WireError, match="512 bytes.*but only 511 bytes follow"):
+        decode_batch(whole[:-1])
+
+
 def test_write_atomic_replaces_whole_files_and_cleans_up_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
     write_atomic(target, b"old")
