@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--run-every-predictions", type=int, metavar="N",
                        help="override the config's run_every_predictions (0: off)")
     defaults = StackPorts()
-    for name in ("inference", "management", "metrics", "grpc-inference", "grpc-management", "mlflow"):
+    for name in StackPorts.names():
         serve.add_argument(f"--{name}-port", type=int, default=getattr(defaults, name.replace("-", "_")),
                            help="default %(default)s")
     serve.set_defaults(command=_serve)
@@ -222,8 +222,7 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in (("schedule", args.schedule),
                                                ("run_every_predictions", args.run_every_predictions))
                  if value is not None}
-    ports = StackPorts(args.inference_port, args.management_port, args.metrics_port, args.grpc_inference_port,
-                       args.grpc_management_port, args.mlflow_port)
+    ports = StackPorts(*(getattr(args, f"{name.replace('-', '_')}_port") for name in StackPorts.names()))
     settings = ServiceSettings(args.work_dir, load_config(args.config).with_overrides(**overrides), args.models, ports)
     try:
         serve_forever(settings, lambda line: print(line, flush=True))
@@ -238,10 +237,7 @@ def _cycle(args: argparse.Namespace) -> int:
 
     try:
         summary = run_cycle_in(args.stack.resolve(), load_config(args.config))
-    except CycleBusyError as error:
-        print(f"ctloop cycle: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # no stack.json: nothing serves from --stack
+    except (CycleBusyError, ValueError) as error:  # ValueError: no stack.json, nothing serves from --stack
         print(f"ctloop cycle: {error}", file=sys.stderr)
         return 2
     if args.summary:

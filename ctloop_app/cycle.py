@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from ctloop.images import write_atomic
 from ctloop_app.figures import cycle_figures
 from ctloop_app.local_run import run_fleet_cycle
 from ctloop_app.operate import Fleet
+from ctloop_app.service import remove_all_but_newest
 
 __all__ = ["CycleBusyError", "CycleSummary", "KEEP_RUN_FOLDERS", "prune_registry", "run_cycle_in"]
 
@@ -75,7 +75,8 @@ def run_cycle_in(work_dir: Path, config: PipelineConfig) -> CycleSummary:
         run = run_fleet_cycle(fleet, layout["store"], layout["slack_outbox"], config,
                               layout["golden_set"], layout["pipeline_root"])
         after = registry.get_version_by_alias(fleet.registered_model, registry.CHAMPION, fleet.tracking_uri)
-        _prune_runs(layout["pipeline_root"], KEEP_RUN_FOLDERS)
+        remove_all_but_newest((path for path in layout["pipeline_root"].iterdir() if path.is_dir()),
+                              KEEP_RUN_FOLDERS)
         pruned = prune_registry(fleet, work_dir / "mlflow" / "mlflow.db", config.registry_keep_versions)
     finally:
         lock.release()
@@ -92,10 +93,3 @@ def prune_registry(fleet: Fleet, database: Path, keep: int) -> list[str]:
                        env={**os.environ, "MLFLOW_TRACKING_URI": fleet.tracking_uri}, check=True,
                        stdout=subprocess.DEVNULL, timeout=600)
     return pruned
-
-
-def _prune_runs(pipeline_root: Path, keep: int) -> None:
-    """Remove all but the newest `keep` run folders (kfp.local names them by pipeline and time)."""
-    folders = sorted((path for path in pipeline_root.iterdir() if path.is_dir()), key=lambda path: path.stat().st_mtime)
-    for folder in folders[:-keep]:
-        shutil.rmtree(folder, ignore_errors=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,6 +32,11 @@ class StackPorts:
     grpc_management: int = 7071
     mlflow: int = 5000
 
+    @classmethod
+    def names(cls) -> list[str]:
+        """The ports' names as the CLI spells them (`--NAME-port`): inference, ..., grpc-inference, mlflow."""
+        return [field.name.replace("_", "-") for field in fields(cls)]
+
     def torchserve(self) -> "Ports":
         from serving.server import Ports
 
@@ -41,8 +46,7 @@ class StackPorts:
         """Raise PortInUseError naming the first port something already listens on."""
         if len(set(astuple(self))) != len(astuple(self)):
             raise PortInUseError(f"the stack's ports must all differ: {self}")
-        for name, port in zip(("inference", "management", "metrics", "grpc-inference", "grpc-management", "mlflow"),
-                              astuple(self)):
+        for name, port in zip(self.names(), astuple(self)):
             with socket.socket() as probe:
                 # As the servers bind: connections of a stopped stack still in TIME_WAIT do not count.
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

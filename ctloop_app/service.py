@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import psutil
 import yaml
@@ -42,17 +42,22 @@ import yaml
 from ctloop import wire
 from ctloop.config import PipelineConfig
 from ctloop.images import write_atomic
-from ctloop.models import ROLES
 from ctloop_app import operate
+from ctloop_app.install import InstallError, bootstrap_files
 from ctloop_app.schedule import Schedule, parse_schedule
 from ctloop_app.ports import StackPorts
 from ctloop_app.stack import LocalStack, install_models, local_stack
 
-__all__ = ["PredictionCounter", "ServiceError", "ServiceSettings", "serve_forever", "start_plan"]
+__all__ = ["PredictionCounter", "ServiceError", "ServiceSettings", "remove_all_but_newest", "serve_forever",
+           "start_plan"]
 
 SEED_MARK = "seeded"
 ABANDON_GRACE = 10.0  # seconds a run's process group gets to stop after SIGTERM, before SIGKILL
 KEEP_RUN_LOGS = 50
+
+
+_BOOTSTRAP_HINT = ("  Train one on your labelled images:  ctloop bootstrap --image-folder DIR --out {out}\n"
+                   "  or on the bundled 8x8 digits:         ctloop bootstrap --out {out}")
 
 
 class ServiceError(RuntimeError):
@@ -78,15 +83,11 @@ def start_plan(work_dir: Path, models: Path | None) -> str:
                            f"missing): an earlier start was stopped while seeding. Remove {work_dir} and start again.")
     if models is None:
         raise ServiceError(f"{work_dir} is empty: the first start needs --models, a `ctloop bootstrap` folder.\n"
-                           f"  Train one on your labelled images:  ctloop bootstrap --image-folder DIR --out MODELS\n"
-                           f"  or on the bundled 8x8 digits:         ctloop bootstrap --out MODELS")
-    files = _model_files(models)
-    missing = [str(path) for path in (*files.values(), models / "data" / "train.npz", models / "data" / "golden.npz")
-               if not path.is_file()]
-    if missing:
-        raise ServiceError(f"{models} is not a complete `ctloop bootstrap` folder: missing {', '.join(missing)}.\n"
-                           f"  Train one on your labelled images:  ctloop bootstrap --image-folder DIR --out {models}\n"
-                           f"  or on the bundled 8x8 digits:         ctloop bootstrap --out {models}")
+                           + _BOOTSTRAP_HINT.format(out="MODELS"))
+    try:
+        bootstrap_files(models)
+    except InstallError as error:
+        raise ServiceError(f"{error}.\n" + _BOOTSTRAP_HINT.format(out=models)) from None
     return "seed"
 
 
@@ -116,11 +117,12 @@ def serve_forever(settings: ServiceSettings, say: Callable[[str], None] = print)
 
 
 def _seed(stack: LocalStack, models: Path) -> str:
+    files = bootstrap_files(models)
     seed_dir = stack.work_dir / "seed"
     seed_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("train.npz", "golden.npz"):
-        shutil.copyfile(models / "data" / name, seed_dir / name)
-    champion = install_models(stack, _model_files(models), seed_dir / "train.npz")
+    for source in (files.train_set, files.golden_set):
+        shutil.copyfile(source, seed_dir / source.name)
+    champion = install_models(stack, files.model_files, seed_dir / "train.npz")
     (seed_dir / SEED_MARK).write_text(f"{models.resolve()}\n")
     return champion
 
@@ -189,7 +191,7 @@ def _run_cycle(work_dir: Path, config_file: Path, state: "ServiceState", trigger
                                          "trigger": trigger, "outcome": "succeeded" if summary["succeeded"] else "failed",
                                          "log": str(log_file), **summary}, runs=state.data.get("runs", 0) + 1)
     _record_processes(work_dir / "service" / "processes.json")
-    _prune(runs, KEEP_RUN_LOGS)
+    remove_all_but_newest(runs.iterdir(), 2 * KEEP_RUN_LOGS)  # a summary and a log per run
     return summary
 
 
@@ -330,14 +332,13 @@ def _addresses(stack: LocalStack) -> list[str]:
             f"  state:      {stack.work_dir / 'service' / 'state.json'} (`ctloop status --stack {stack.work_dir}`)"]
 
 
-def _model_files(models: Path) -> dict[str, Path]:
-    return {role: models / "models" / f"{role}.pt" for role in ROLES}
-
-
-def _prune(folder: Path, keep: int) -> None:
-    files = sorted(folder.iterdir(), key=lambda path: path.stat().st_mtime)
-    for path in files[:-keep * 2]:  # a summary and a log per run
-        path.unlink(missing_ok=True)
+def remove_all_but_newest(paths: Iterable[Path], keep: int) -> None:
+    """Delete all but the `keep` most recently modified of `paths` (files or whole folders)."""
+    for path in sorted(paths, key=lambda path: path.stat().st_mtime)[:-keep]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _now() -> datetime:

@@ -20,7 +20,7 @@ def test_serve_without_models_says_so_and_shows_the_bootstrap_command(tmp_path: 
     models = tmp_path / "nothing-here"
     assert main(["serve", "--models", str(models), "--work-dir", str(tmp_path / "serve")]) == 2
     error = capsys.readouterr().err
-    assert f"{models} is not a complete `ctloop bootstrap` folder: missing {models / 'models' / 'champion.pt'}" in error
+    assert f"{models} is not a `ctloop bootstrap --out` folder: missing {models / 'models' / 'champion.pt'}" in error
     assert f"ctloop bootstrap --image-folder DIR --out {models}" in error
     assert f"ctloop bootstrap --out {models}" in error
     assert not models.exists() and not (tmp_path / "serve").exists()  # nothing trained, nothing started

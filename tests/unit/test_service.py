@@ -6,10 +6,12 @@ from __future__ import annotations
 import configparser
 import contextlib
 import json
+import os
 import shlex
 import socket
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from ctloop.config import ConfigError, PipelineConfig
 from ctloop.process import free_ports
 from ctloop_app.ports import PortInUseError, StackPorts
 from ctloop_app.schedule import parse_schedule
-from ctloop_app.service import PredictionCounter, ServiceError, start_plan, stop_leftovers
+from ctloop_app.service import PredictionCounter, ServiceError, remove_all_but_newest, start_plan, stop_leftovers
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "ctloop.service"
 NOON = datetime(2026, 12, 6, 12, 0, 30, tzinfo=timezone.utc)
@@ -160,6 +162,19 @@ def test_a_killed_services_run_is_stopped_with_the_stages_it_started_after_the_r
         run.kill()
         run.wait()
         run.stdout.close()
+
+
+def test_only_the_newest_files_and_folders_are_kept(tmp_path: Path) -> None:
+    paths = [tmp_path / "old.log", tmp_path / "older-run", tmp_path / "new.log", tmp_path / "newer-run"]
+    for age, path in zip((30, 40, 10, 5), paths):
+        if path.suffix:
+            path.write_text("x")
+        else:
+            (path / "task").mkdir(parents=True)
+        stamp = time.time() - age
+        os.utime(path, (stamp, stamp))
+    remove_all_but_newest(tmp_path.iterdir(), 2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["new.log", "newer-run"]
 
 
 def _unit() -> configparser.ConfigParser:
