@@ -15,7 +15,7 @@ from ctloop.images import ImageDataError, load_arrays, save_arrays
 __all__ = ["UNLABELLED", "CollectedSet"]
 
 UNLABELLED = -1
-_KEYS = ("images", "labels", "is_new", "request_ids", "items", "class_names")
+_KEYS = ("images", "labels", "is_new", "server_ids", "items", "class_names")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class CollectedSet:
             validate sees what is really stored).
         labels: (N,) int64 class ids; -1 for a new sample without ground truth.
         is_new: (N,) bool, True for samples of the monitored window.
-        request_ids: (N,) str, the prediction's request id for new rows, "" for previous rows.
+        server_ids: (N,) str, TorchServe's request id of the prediction for new rows (with
+            `items`, the record's key), "" for previous rows.
         items: (N,) int64, the sample's position in its request for new rows, -1 for previous rows.
         class_names: the class names, indexed by label id.
     """
@@ -35,13 +36,13 @@ class CollectedSet:
     images: np.ndarray
     labels: np.ndarray
     is_new: np.ndarray
-    request_ids: np.ndarray
+    server_ids: np.ndarray
     items: np.ndarray
     class_names: tuple[str, ...]
 
     def __post_init__(self) -> None:
         count = len(self.images)
-        for name in ("labels", "is_new", "request_ids", "items"):
+        for name in ("labels", "is_new", "server_ids", "items"):
             shape = getattr(self, name).shape
             if shape != (count,):
                 raise ImageDataError(f"CollectedSet: {count} images but {name} of shape {shape}")
@@ -52,7 +53,7 @@ class CollectedSet:
     def save(self, path: str | Path) -> None:
         """Write as .npz (no pickled objects), atomically."""
         save_arrays(path, images=self.images, labels=self.labels, is_new=self.is_new,
-                    request_ids=np.asarray(self.request_ids, dtype=np.str_), items=self.items,
+                    server_ids=np.asarray(self.server_ids, dtype=np.str_), items=self.items,
                     class_names=np.array(self.class_names, dtype=np.str_))
 
     @classmethod
@@ -64,7 +65,7 @@ class CollectedSet:
                 images=arrays["images"],
                 labels=arrays["labels"],
                 is_new=arrays["is_new"],
-                request_ids=arrays["request_ids"],
+                server_ids=arrays["server_ids"],
                 items=arrays["items"],
                 class_names=tuple(str(name) for name in arrays["class_names"]),
             )

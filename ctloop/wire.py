@@ -21,6 +21,7 @@ import numpy as np
 # Request headers a client may send, and the answer's headers.
 CANARY_HEADER = "X-Ctloop-Canary"  # "1": a deploy smoke test, answered but not logged
 REQUEST_ID_HEADER = "X-Ctloop-Request-ID"  # the client's name for a request; echoed in the answer
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what a client's request id may be (fullmatch)
 VERSION_HEADER = "X-Ctloop-Model-Version"  # the model version that answered
 NPY_CONTENT_TYPE = "application/x-npy"
 
@@ -36,7 +37,8 @@ SHARD_PATTERN = re.compile(r"^samples/[^/#]+\.(\d+)x(\d+)\.f32$")
 # Field -> accepted types of a prediction record; every record also has `time`, `model_name`,
 # `item` (position in its request) and `class_name`, which readers do not rely on.
 RECORD_FIELDS: dict[str, tuple[type, ...]] = {
-    "request_id": (str,),
+    "request_id": (str,),  # the client's name for the request (feedback refers to it); may repeat
+    "server_id": (str,),  # TorchServe's id for the request: with `item`, the record's unique key
     "model_version": (str,),
     "label": (int,),
     "confidence": (int, float),
@@ -84,20 +86,32 @@ def _check_body_length(payload: bytes) -> None:
                          f"but only {available:,} bytes follow it")
 
 
+def request_id_problem(request_id: str) -> str | None:
+    """Why `request_id` cannot name a request, or None. Ids are written into every record and
+    collect's string columns, and reach Slack, so they are short and plain: a serial number, a
+    UUID, `line-3:part-0042`."""
+    if REQUEST_ID_PATTERN.fullmatch(request_id):
+        return None
+    shown = request_id[:40] + "..." if len(request_id) > 40 else request_id
+    return (f"{REQUEST_ID_HEADER} must be 1-128 characters of A-Z a-z 0-9 . _ : -, "
+            f"got {len(request_id)} characters ({shown!r})")
+
+
 def shard_name(model_name: str, model_version: str, writer: str, size: tuple[int, int]) -> str:
     """A sample shard's reference, `samples/<model>-v<version>-<writer>.<H>x<W>.f32`."""
     return f"{SAMPLES_DIR}/{model_name}-v{model_version}-{writer}.{size[0]}x{size[1]}.f32"
 
 
-def prediction_record(request_id: str, time: float, model_name: str, model_version: str, item: int,
-                      label: int, class_name: str, confidence: float, sample: str,
+def prediction_record(request_id: str, server_id: str, time: float, model_name: str, model_version: str,
+                      item: int, label: int, class_name: str, confidence: float, sample: str,
                       atc_threshold: float | None = None) -> dict[str, Any]:
-    """One line of the prediction log: one answered image and the reference to its stored input
+    """One line of the prediction log: one answered image, keyed by TorchServe's request id and
+    its position in the request (a client's own id may repeat), and the reference to its stored input
     (`<shard>#<index>`, index counted in records of that shard), with the answering model's ATC
     threshold (ctloop.estimate) when its card has one, so the monitor can estimate accuracy from
     the log alone."""
-    return {"request_id": request_id, "time": time, "model_name": model_name, "model_version": model_version,
-            "item": item, "label": label, "class_name": class_name, "confidence": confidence, "sample": sample,
+    return {"request_id": request_id, "server_id": server_id, "time": time, "model_name": model_name,
+            "model_version": model_version, "item": item, "label": label, "class_name": class_name, "confidence": confidence, "sample": sample,
             "atc_threshold": atc_threshold}
 
 

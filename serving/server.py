@@ -175,8 +175,10 @@ class LocalTorchServe:
 
     def _environment(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("TS_")}
+        # TS_DECODE_INPUT_REQUEST=false: JSON bodies reach the champion handler as bytes, which
+        # checks their size, depth and digits before parsing (the worker's own json.loads has no limits).
         env.update(TMPDIR=str(self._tmp_dir()), TEMP=str(self._tmp_dir()), LOG_LOCATION=str(self.log_dir),
-                   METRICS_LOCATION=str(self.log_dir))
+                   METRICS_LOCATION=str(self.log_dir), TS_DECODE_INPUT_REQUEST="false")
         env.pop("CTLOOP_STORE_DIR", None)
         if self.store_dir is not None:
             env["CTLOOP_STORE_DIR"] = str(self.store_dir)

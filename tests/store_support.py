@@ -27,7 +27,7 @@ class StoreWriter:
         self.rng = np.random.default_rng(0)
 
     def log(self, confidence: float, *, label: int = 0, version: str = "1", request_id: str | None = None,
-            item: int = 0, image: np.ndarray | None = None, atc_threshold: float | None = None) -> dict:
+            server_id: str | None = None, item: int = 0, image: np.ndarray | None = None, atc_threshold: float | None = None) -> dict:
         """One prediction with its stored sample; returns the record written."""
         shard = f"samples/champion-v{version}-1.{self.size[0]}x{self.size[1]}.f32"
         if image is None:
@@ -38,8 +38,8 @@ class StoreWriter:
         self.counts[shard] = index + 1
         total = sum(self.counts.values())
         class_name = CLASSES[label] if 0 <= label < len(CLASSES) else str(label)
-        record = wire.prediction_record(request_id or f"req-{total}", 1_700_000_000.0 + total, "champion", version,
-                                        item, label, class_name, confidence, f"{shard}#{index}", atc_threshold)
+        record = wire.prediction_record(request_id or f"req-{total}", server_id or f"server-{total}", 1_700_000_000.0 + total,
+                                        "champion", version, item, label, class_name, confidence, f"{shard}#{index}", atc_threshold)
         self.raw(json.dumps(record) + "\n")
         return record
 

@@ -184,7 +184,7 @@ def collect_window(
         images=images,
         labels=labels,
         is_new=np.ones(len(records), dtype=bool),
-        request_ids=np.array([record["request_id"] for record in records], dtype=np.str_),
+        server_ids=np.array([record["server_id"] for record in records], dtype=np.str_),
         items=np.array([record.get("item", 0) for record in records], dtype=np.int64),
         class_names=class_names,
     )
@@ -268,7 +268,7 @@ def _merge(new: CollectedSet, previous: ImageSet) -> CollectedSet:
         images=np.concatenate([new.images, previous.images.reshape(count, *new.images.shape[1:])]),
         labels=np.concatenate([new.labels, previous.labels.astype(np.int64)]),
         is_new=np.concatenate([new.is_new, np.zeros(count, dtype=bool)]),
-        request_ids=np.concatenate([new.request_ids, np.full(count, "", dtype=np.str_)]),
+        server_ids=np.concatenate([new.server_ids, np.full(count, "", dtype=np.str_)]),
         items=np.concatenate([new.items, np.full(count, -1, dtype=np.int64)]),
         class_names=new.class_names,
     )

@@ -142,7 +142,7 @@ def _checks(data: CollectedSet, size: tuple[int, ...], num_classes: int, min_sam
             "pass" if is_new.sum() >= min_samples else "fail",
             f"{int(is_new.sum())} new samples, at least {min_samples} needed",
         ),
-        _duplicate_requests(data.request_ids[is_new], data.items[is_new]),
+        _duplicate_records(data.server_ids[is_new], data.items[is_new]),
         _duplicate_pixels(images, is_new) if images.ndim == 3 else Check("identical images", "n/a", "bad shape"),
         _coverage(data.labels[~is_new], num_classes, int((~is_new).sum())),
     )
@@ -204,15 +204,17 @@ def _label_range(labels: np.ndarray, is_new: np.ndarray, num_classes: int) -> Ch
     return Check("label ids", "fail" if bad.any() else "pass", figures)
 
 
-def _duplicate_requests(request_ids: np.ndarray, items: np.ndarray) -> Check:
-    counts = Counter(zip(request_ids.tolist(), items.tolist()))
+def _duplicate_records(server_ids: np.ndarray, items: np.ndarray) -> Check:
+    """A record is keyed by TorchServe's request id and its item, which no client chooses: a key
+    seen twice means a log replayed or copied into itself, not a part inspected twice."""
+    counts = Counter(zip(server_ids.tolist(), items.tolist()))
     repeated = {key: count for key, count in counts.items() if count > 1}
     extra = sum(count - 1 for count in repeated.values())
-    figures = f"{extra} new samples repeat a request id already in the window"
+    figures = f"{extra} new samples repeat a record already in the window"
     if repeated:
-        (request_id, item), count = next(iter(repeated.items()))
-        figures += f" (e.g. {request_id!r} item {item}, {count} times)"
-    return Check("duplicate requests", "fail" if repeated else "pass", figures)
+        (server_id, item), count = next(iter(repeated.items()))
+        figures += f" (e.g. TorchServe request {server_id!r} item {item}, {count} times)"
+    return Check("duplicate records", "fail" if repeated else "pass", figures)
 
 
 def _duplicate_pixels(images: np.ndarray, is_new: np.ndarray) -> Check:

@@ -25,8 +25,27 @@ from ctloop import wire
 DEFAULT_MAX_IMAGES = 256
 
 
+def setting(config: dict, name: str, default: int) -> int:
+    """A serving limit: the environment's `CTLOOP_<NAME>` (set on the TorchServe process or the
+    serving container), else the archive's model-config yaml, else `default`."""
+    value = os.environ.get(f"CTLOOP_{name.upper()}", config.get(name, default))
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0:
+        raise ValueError(f"serving limit {name} must be a positive integer, got {value!r} "
+                         f"(environment CTLOOP_{name.upper()} or the model-config yaml)")
+    return number
+
+
 class RequestError(ValueError):
-    """The client sent something unusable; the message says what and what was expected."""
+    """The client sent something unusable; the message says what and what was expected, and
+    `status` is the 4xx it is answered with (400, or 413 for a body over a size limit)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -36,6 +55,7 @@ class Outcome:
     probabilities: np.ndarray | None = None
     images: np.ndarray | None = None
     error: str | None = None
+    status: int = 200
 
 
 def check_batch(images: np.ndarray, size: tuple[int, int], max_images: int) -> np.ndarray:
@@ -119,7 +139,7 @@ class CtloopHandler(BaseHandler):
         models."""
         config = context.model_yaml_config or {}
         torch.set_num_threads(int(config.get("torch_threads", 1)))
-        self.max_images = int(config.get("max_images_per_request", DEFAULT_MAX_IMAGES))
+        self.max_images = setting(config, "max_images_per_request", DEFAULT_MAX_IMAGES)
         self.card: dict = {}
         super().initialize(context)
         self.image_size = (int(self.card["image_size"][0]), int(self.card["image_size"][1]))
@@ -140,12 +160,15 @@ class CtloopHandler(BaseHandler):
 
     def preprocess(self, data: list[dict]) -> list[Outcome]:
         outcomes = []
-        for request in data:
+        for idx, request in enumerate(data):
             try:
+                request_id = self.request_header(idx, wire.REQUEST_ID_HEADER)
+                if request_id is not None and (problem := wire.request_id_problem(request_id)):
+                    raise RequestError(problem)
                 images = check_batch(self.decode(request_body(request)), self.image_size, self.max_images)
                 outcomes.append(Outcome(images=images))
             except RequestError as error:
-                outcomes.append(Outcome(error=str(error)))
+                outcomes.append(Outcome(error=str(error), status=error.status))
         return outcomes
 
     def decode(self, body: object) -> np.ndarray:
@@ -176,7 +199,7 @@ class CtloopHandler(BaseHandler):
         for idx, outcome in enumerate(outcomes):
             self.context.set_response_content_type(idx, "application/json")
             if outcome.error is not None:
-                self.context.set_response_status(400, outcome.error, idx)
+                self.context.set_response_status(outcome.status, outcome.error, idx)
                 answers.append(error_body(outcome.error))
             else:
                 answers.append(json.dumps(self.respond(idx, outcome)))
@@ -222,16 +245,16 @@ class PredictionLog:
         self.log_fd = os.open(os.path.join(self.store_dir, wire.LOG_NAME),
                               os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def append(self, request_id: str, images: np.ndarray, labels: list[int], names: list[str],
-               confidences: list[float]) -> None:
+    def append(self, request_id: str, server_id: str, images: np.ndarray, labels: list[int],
+               names: list[str], confidences: list[float]) -> None:
         if self.sample_fd is None:
             self._open()
         write_whole(self.sample_fd, np.ascontiguousarray(images, dtype=np.float32).tobytes())
         now = time.time()
         lines = []
         for item, (label, name, confidence) in enumerate(zip(labels, names, confidences)):
-            record = wire.prediction_record(request_id, now, self.model_name, self.model_version, item, label,
-                                            name, confidence, f"{self.shard_ref}#{self.count + item}",
+            record = wire.prediction_record(request_id, server_id, now, self.model_name, self.model_version, item,
+                                            label, name, confidence, f"{self.shard_ref}#{self.count + item}",
                                             self.atc_threshold)
             lines.append(json.dumps(record) + "\n")
         self.count += len(labels)

@@ -54,7 +54,7 @@ def _check_prediction_log(store_dir: Path, answered: int, cut_short_tail: bool) 
     assert records.truncated_tail == cut_short_tail
     assert records.broken_lines == [], f"broken lines in the prediction log: {records.broken_lines}"
     assert len(records) == answered, f"{len(records)} logged predictions for {answered} answered requests"
-    keys = Counter((record["request_id"], record["item"]) for record in records)
+    keys = Counter((record["server_id"], record["item"]) for record in records)
     assert not [key for key, count in keys.items() if count > 1], "a prediction was logged twice"
     if records:  # every record's sample is stored and readable
         samples = store.load_samples(store_dir, [record["sample"] for record in records])

@@ -53,7 +53,7 @@ def collected_set(path: Path, new: np.ndarray, previous: int = 0, truth: np.ndar
         images=images,
         labels=np.concatenate([new_labels, np.arange(previous) % 10]).astype(np.int64),
         is_new=np.arange(len(images)) < len(new),
-        request_ids=np.array([f"r{i}" if i < len(new) else "" for i in range(len(images))]),
+        server_ids=np.array([f"r{i}" if i < len(new) else "" for i in range(len(images))]),
         items=np.where(np.arange(len(images)) < len(new), 0, -1).astype(np.int64),
         class_names=CLASS_NAMES,
     ).save(path)

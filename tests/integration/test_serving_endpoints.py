@@ -11,9 +11,11 @@ import pytest
 import requests
 from PIL import Image
 
-from ctloop.wire import encode_batch
+from ctloop.wire import LOG_NAME, REQUEST_ID_HEADER, encode_batch
 from ctloop.modelfile import load_model, predict_proba
 from serving.client import TorchServeError
+
+from hostile_support import deep_json, jpeg_claiming, long_number_json, npy_claiming, png_claiming
 
 pytestmark = pytest.mark.serving
 
@@ -77,16 +79,6 @@ def test_branch_and_eval_answer_batches(serving, model_files, random_images) -> 
     assert np.allclose(evaluated["probabilities"], in_process(model_files["b2"], images), atol=1e-5)
 
 
-def _huge_npy_header() -> bytes:
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
-                                                  "shape": (100_000, 100_000, 100_000)})
-    return header.getvalue()
-
-
-HUGE_NPY_HEADER = _huge_npy_header()
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -97,14 +89,39 @@ HUGE_NPY_HEADER = _huge_npy_header()
         ({"json": {"images": []}}, "empty batch"),
         ({"json": {"image": (np.ones((8, 8)) * 3).tolist()}}, "pixel values must be in [0, 1]"),
         ({"body": encode_batch(np.zeros((300, 8, 8), dtype=np.float32))}, "too many images: 300"),
-        # 128 bytes whose header claims 4 PB: refused before numpy allocates (it answered 507 before)
-        ({"body": HUGE_NPY_HEADER}, "claims shape (100000, 100000, 100000) of float32"),
     ],
 )
 def test_bad_input_gets_400_and_the_worker_keeps_serving(serving, random_images, kwargs, message) -> None:
     answer = post(serving, kwargs.pop("body", None), **kwargs)
     assert answer.status_code == 400
     assert message in answer.json()["error"]
+    assert serving.client.predict("champion", random_images(1, 14)).labels
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "message"),
+    [  # issue 13's table: each answered 503, 507 or 200 before
+        (png_claiming(30000, 30000), {}, 413, "image too large: Image size (900000000 pixels) exceeds limit"),
+        (png_claiming(12000, 12000), {}, 413, "12000x12000 is 144,000,000 pixels, at most 40,000,000"),
+        (jpeg_claiming(12000, 12000), {}, 413, "12000x12000 is 144,000,000 pixels, at most 40,000,000"),
+        (deep_json(100_000), JSON, 400, "JSON nested 100000 levels deep, at most 6"),
+        (long_number_json(5000), JSON, 400, "JSON number with 5,000 digits in a row, at most 40"),
+        (npy_claiming((100_000, 100_000, 100_000)), {}, 400, "claims shape (100000, 100000, 100000) of float32"),
+        (None, {REQUEST_ID_HEADER: "x" * 6000}, 400, "got 6000 characters"),
+    ],
+    ids=["png-30000", "png-12000", "jpeg-12000", "json-deep", "json-digits", "npy-4PB", "request-id-6000"],
+)
+def test_hostile_requests_get_a_4xx_and_a_good_one_right_after_a_200(
+    serving, random_images, body: bytes | None, headers: dict, status: int, message: str
+) -> None:
+    before = serving.server.store_dir / LOG_NAME
+    logged = before.read_bytes() if before.exists() else b""
+    answer = post(serving, body if body is not None else encode_batch(random_images(1, 16)), headers=headers)
+    assert answer.status_code == status and message in answer.json()["error"], answer.text
+    assert (before.read_bytes() if before.exists() else b"") == logged
     assert serving.client.predict("champion", random_images(1, 14)).labels
 
 

@@ -44,7 +44,7 @@ def test_collects_the_window_samples_unlabelled(prediction_store, tmp_path):
     np.testing.assert_array_equal(data.images, np.stack([prediction_store.image(r) for r in records]))
     assert data.images.dtype == np.float32 and data.labels.dtype == np.int64
     assert data.labels.tolist() == [-1] * 4 and data.is_new.all()
-    assert data.request_ids.tolist() == [r["request_id"] for r in records]
+    assert data.server_ids.tolist() == [r["server_id"] for r in records]
     assert data.items.tolist() == [0] * 4 and data.class_names == CLASSES
     assert summary.to_dict() == {
         "out": str(tmp_path / "collected.npz"), "new_samples": 4, "labelled_new": 0, "previous_samples": 0,
@@ -99,15 +99,24 @@ def test_merge_keeps_every_new_sample_even_identical_to_previous_ones(prediction
     np.testing.assert_array_equal(data.images[:2], old_images[[0, 0]])
     np.testing.assert_array_equal(data.images[3:], old_images)
     assert data.labels.tolist() == [-1, -1, -1, 0, 1, 2, 0, 1, 2]
-    assert data.request_ids.tolist()[3:] == [""] * 6 and data.items.tolist()[3:] == [-1] * 6
+    assert data.server_ids.tolist()[3:] == [""] * 6 and data.items.tolist()[3:] == [-1] * 6
 
 
 def test_records_of_a_batch_request_keep_their_items(prediction_store, tmp_path):
-    records = [prediction_store.log(0.5, request_id="batch", item=i) for i in range(3)]
+    records = [prediction_store.log(0.5, request_id="batch", server_id="ts-1", item=i) for i in range(3)]
     window = write_window(tmp_path / "window.jsonl", records)
     collect_window(window, prediction_store.root, tmp_path / "c.npz", None, CLASSES)
     data = CollectedSet.load(tmp_path / "c.npz")
-    assert data.request_ids.tolist() == ["batch"] * 3 and data.items.tolist() == [0, 1, 2]
+    assert data.server_ids.tolist() == ["ts-1"] * 3 and data.items.tolist() == [0, 1, 2]
+
+
+def test_a_client_id_used_twice_keeps_both_records_apart(prediction_store, tmp_path):
+    """Records are keyed by TorchServe's id: a client repeating its id cannot make validate refuse the window."""
+    records = [prediction_store.log(0.5, request_id="part-7") for _ in range(2)]
+    window = write_window(tmp_path / "window.jsonl", records)
+    collect_window(window, prediction_store.root, tmp_path / "c.npz", None, CLASSES)
+    data = CollectedSet.load(tmp_path / "c.npz")
+    assert len(set(data.server_ids.tolist())) == 2 and data.items.tolist() == [0, 0]
 
 
 def test_missing_sample_file_names_the_ref(prediction_store, tmp_path):
@@ -183,11 +192,11 @@ def test_cut_short_window_file_is_an_error(prediction_store, tmp_path):
 def test_collected_set_round_trip_without_pickle(tmp_path):
     data = CollectedSet(
         images=np.zeros((2, 3, 3), np.float32), labels=np.array([-1, 1]), is_new=np.array([True, False]),
-        request_ids=np.array(["r1", ""]), items=np.array([0, -1]), class_names=("x", "y"),
+        server_ids=np.array(["r1", ""]), items=np.array([0, -1]), class_names=("x", "y"),
     )
     data.save(tmp_path / "set.npz")
     back = CollectedSet.load(tmp_path / "set.npz")
-    assert back.request_ids.tolist() == ["r1", ""] and back.class_names == ("x", "y")
+    assert back.server_ids.tolist() == ["r1", ""] and back.class_names == ("x", "y")
     assert back.is_new.dtype == bool and back.labels.tolist() == [-1, 1]
     with np.load(tmp_path / "set.npz", allow_pickle=False) as raw:
         assert all(raw[key].dtype != object for key in raw.files)
@@ -213,7 +222,7 @@ def test_collected_set_load_errors_name_the_file(tmp_path, content, message):
 
 def test_collected_set_load_of_an_image_set_names_missing_keys(tmp_path):
     path = previous_set(tmp_path / "imageset.npz")
-    with pytest.raises(ImageDataError, match=f"^{path}: not a collected set, it lacks is_new, request_ids, items$"):
+    with pytest.raises(ImageDataError, match=f"^{path}: not a collected set, it lacks is_new, server_ids, items$"):
         CollectedSet.load(path)
 
 

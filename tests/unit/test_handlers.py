@@ -17,6 +17,8 @@ from ctloop.wire import encode_batch
 from serving import store
 from serving.archive import HANDLER_DIR
 
+from hostile_support import deep_json, jpeg_claiming, long_number_json, npy_claiming, png_claiming
+
 sys.path.insert(0, str(HANDLER_DIR))  # TorchServe puts the unpacked archive on sys.path the same way
 
 from branch_handler import BranchHandler  # noqa: E402
@@ -33,7 +35,8 @@ class FakeMetrics:
 def make_context(model_dir: Path, name: str, headers: list[dict] | None = None) -> Context:
     manifest = {"model": {"modelName": name, "modelVersion": "7", "serializedFile": "model.pt"}}
     context = Context(name, str(model_dir), manifest, 1, None, "0.12.0", metrics=FakeMetrics(),
-                      model_yaml_config={"torch_threads": 1, "max_images_per_request": 4})
+                      model_yaml_config={"torch_threads": 1, "max_images_per_request": 4,
+                                         "max_image_pixels": 1_000_000, "max_json_bytes": 65536})
     context.request_processor = [RequestProcessor(h) for h in headers or [{}]]
     context.request_ids = {index: f"req-{index}" for index in range(len(headers or [{}]))}
     return context
@@ -103,6 +106,60 @@ def test_champion_refuses_bad_input_with_400(champion, body: object, message: st
     assert status == 400
     assert message in answer["error"]
     assert good_status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        # Each claims far more than it carries; the answer comes from the header, before decoding.
+        (png_claiming(1001, 1000), 413, "image too large: 1001x1000 is 1,001,000 pixels, at most 1,000,000"),
+        (jpeg_claiming(12000, 12000), 413, "image too large: 12000x12000 is 144,000,000 pixels"),
+        (png_claiming(30000, 30000), 413, "image too large: Image size (900000000 pixels) exceeds limit"),
+        (npy_claiming((100_000, 100_000, 100_000)), 400, "claims shape (100000, 100000, 100000) of float32"),
+        (b" " * 65537, 413, "JSON body too large: 65,537 bytes, at most 65,536 (max_json_bytes)"),
+        (deep_json(10_000), 400, "JSON nested 10000 levels deep, at most 6"),
+        (long_number_json(5000), 400, "JSON number with 5,000 digits in a row, at most 40"),
+    ],
+    ids=["png-1001x1000", "jpeg-12000x12000", "png-30000x30000", "npy-4PB", "json-64KiB", "json-deep", "json-digits"],
+)
+def test_champion_refuses_hostile_bodies_with_4xx(champion, body: bytes, status: int, message: str) -> None:
+    handler, context = champion
+    good = encode_batch(np.zeros((1, 8, 8), dtype=np.float32))
+    (refused, answer), (good_status, _) = run(handler, context, [body, good])
+    assert (refused, good_status, message in answer["error"]) == (status, 200, True), answer
+
+
+def test_a_picture_within_the_limit_is_answered(champion) -> None:
+    handler, context = champion
+    [(status, answer)] = run(handler, context, [png(np.zeros((1000, 1000)))])
+    assert status == 200 and len(answer) == 1
+
+
+@pytest.mark.parametrize("request_id", ["x" * 6000, "part 7", "part-7\nforged: yes", "", "<!channel>"])
+def test_a_malformed_request_id_is_refused_and_not_logged(
+    model_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, random_images, request_id: str
+) -> None:
+    monkeypatch.setenv("CTLOOP_STORE_DIR", str(tmp_path / "store"))
+    handler, context = loaded(ChampionHandler, model_files["champion"], tmp_path, "champion",
+                              headers=[{"X-Ctloop-Request-ID": request_id}, {"X-Ctloop-Request-ID": "line-2:part-0042"}])
+    (status, answer), (good_status, _) = run(handler, context, [encode_batch(random_images(1, 5))] * 2)
+    assert (status, good_status) == (400, 200)
+    assert "X-Ctloop-Request-ID must be 1-128 characters of A-Z a-z 0-9 . _ : -" in answer["error"]
+    assert len(answer["error"]) < 200
+    records = store.read_prediction_log(tmp_path / "store" / store.LOG_NAME)
+    assert [(record["request_id"], record["server_id"]) for record in records] == [("line-2:part-0042", "req-1")]
+
+
+def test_serving_limits_come_from_the_environment_first(
+    model_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CTLOOP_MAX_IMAGE_PIXELS", "100")
+    handler, context = loaded(ChampionHandler, model_files["champion"], tmp_path, "champion")
+    [(status, answer)] = run(handler, context, [png(np.zeros((11, 10)))])
+    assert status == 413 and "at most 100 (max_image_pixels)" in answer["error"]
+    monkeypatch.setenv("CTLOOP_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match="max_image_pixels must be a positive integer, got 'lots'"):
+        loaded(ChampionHandler, model_files["champion"], tmp_path, "champion")
 
 
 def test_branch_and_eval_take_npy_only(model_files: dict[str, Path], tmp_path: Path, random_images) -> None:

@@ -158,12 +158,14 @@ def test_interrupted_record_in_the_middle_is_skipped_and_reported(prediction_sto
     ("line", "message"),
     [
         ("[1, 2]", "expected a JSON object, got list"),
-        ('{"request_id": "a", "model_version": "1", "label": 0, "confidence": 0.5}', "prediction record has no 'sample'"),
-        ('{"request_id": "a", "model_version": 1, "label": 0, "confidence": 0.5, "sample": "s"}',
+        ('{"request_id": "a", "server_id": "t", "model_version": "1", "label": 0, "confidence": 0.5}',
+         "prediction record has no 'sample'"),
+        ('{"request_id": "a", "server_id": "t", "model_version": 1, "label": 0, "confidence": 0.5, "sample": "s"}',
          "'model_version' must be str, got 1"),
-        ('{"request_id": "a", "model_version": "1", "label": true, "confidence": 0.5, "sample": "s"}',
+        ('{"request_id": "a", "server_id": "t", "model_version": "1", "label": true, "confidence": 0.5, '
+         '"sample": "s"}',
          "'label' must be int, got True"),
-        ('{"request_id": "a", "model_version": "1", "label": 0, "confidence": 1.5, "sample": "s"}',
+        ('{"request_id": "a", "server_id": "t", "model_version": "1", "label": 0, "confidence": 1.5, "sample": "s"}',
          r"'confidence' must be in \[0, 1\], got 1.5"),
     ],
 )

@@ -22,7 +22,7 @@ def collected(new: int = 6, previous: int = 6, size: tuple[int, ...] = (8, 8), *
         images=rng.random((new + previous, *size), dtype=np.float32),
         labels=np.array([-1] * new + [i % 3 for i in range(previous)], dtype=np.int64),
         is_new=np.array([True] * new + [False] * previous),
-        request_ids=np.array([f"req-{i}" for i in range(new)] + [""] * previous),
+        server_ids=np.array([f"req-{i}" for i in range(new)] + [""] * previous),
         items=np.array([0] * new + [-1] * previous, dtype=np.int64),
         class_names=CLASSES,
     )
@@ -117,16 +117,16 @@ def test_empty_window_fails(tmp_path):
     failing(tmp_path, collected(new=0, previous=0), "image shape: no images at all, expected (N, 8, 8)")
 
 
-def test_same_request_twice_fails(tmp_path):
+def test_a_record_logged_twice_fails(tmp_path):
     ids = np.array(["a", "b", "a", "c", "d", "e"] + [""] * 6)
-    failing(tmp_path, collected(request_ids=ids),
-            "duplicate requests: 1 new samples repeat a request id already in the window (e.g. 'a' item 0, 2 times)")
+    failing(tmp_path, collected(server_ids=ids), "duplicate records: 1 new samples repeat a record already in "
+            "the window (e.g. TorchServe request 'a' item 0, 2 times)")
 
 
 def test_items_of_one_batch_request_are_not_duplicates(tmp_path):
     ids = np.array(["batch"] * 6 + [""] * 6)
     items = np.array([0, 1, 2, 3, 4, 5] + [-1] * 6)
-    assert run(tmp_path, collected(request_ids=ids, items=items)).ok
+    assert run(tmp_path, collected(server_ids=ids, items=items)).ok
 
 
 def test_identical_pixels_are_a_warning(tmp_path):
