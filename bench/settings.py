@@ -98,7 +98,8 @@ FULL = BenchSettings()
 # and five-epoch models (B1 and B2 see drift in most batches; after two epochs they agreed on 2 of
 # 60 parts). Such branch models are rarely 70 % sure, so every agreement counts and the analyze
 # thresholds are relaxed, the evidence rule switched off (a 60-part window holds out a handful of
-# samples): the digits cycle always deploys, and every section has figures.
+# samples) and the pseudo-label precision gate too (it would judge the five-epoch branches): the
+# digits cycle always deploys, and every section has figures.
 TINY = BenchSettings(
     bootstrap_epochs=5,
     candidates=(TorchServeSettings(1, 1, 1, 0),),
@@ -108,7 +109,7 @@ TINY = BenchSettings(
     consensus_repeats=1,
     config=PipelineConfig(recent_window=60, min_samples=20, train_epochs=2, confidence_threshold=0.0,
                           min_improvement=-1.0, max_golden_regression=1.0, min_holdout_per_class=0,
-                          evidence_level=1.0),
+                          evidence_level=1.0, min_pseudo_label_precision=0.0),
     drift_kinds=("blur",),
     parts_per_class=40,
     deploy_concurrency=2,

@@ -53,6 +53,8 @@ class PipelineConfig:
     max_golden_regression: float = 0.02
     min_holdout_per_class: int = 2
     evidence_level: float = 0.05
+    min_pseudo_label_precision: float = 0.9
+    min_audited_parts: int = 20
     keep_versions: int = 3
     registry_keep_versions: int = 10
     schedule: str = "0 * * * *"
@@ -62,7 +64,8 @@ class PipelineConfig:
         for field in fields(self):
             _check_type(field.name, getattr(self, field.name), field.type)
         for name in ("yield_drop_tolerance", "yield_floor", "yield_confidence",
-                     "confidence_threshold", "max_golden_regression", "champion_augment"):
+                     "confidence_threshold", "max_golden_regression", "champion_augment",
+                     "min_pseudo_label_precision"):
             _check_range(name, getattr(self, name), 0.0, 1.0)
         if self.yield_threshold is not None:
             _check_range("yield_threshold", self.yield_threshold, 0.0, 1.0)
@@ -87,7 +90,7 @@ class PipelineConfig:
         if self.min_holdout_per_class < 0:
             raise ConfigError(f"min_holdout_per_class must be at least 0, got {self.min_holdout_per_class}")
         for name in ("recent_window", "min_samples", "consensus_batch_size", "new_sample_repeat", "train_epochs", "train_patience",
-                     "keep_versions"):
+                     "keep_versions", "min_audited_parts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
 

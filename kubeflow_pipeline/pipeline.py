@@ -95,6 +95,8 @@ def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSetting
         max_golden_regression: float = config.max_golden_regression,
         min_holdout_per_class: int = config.min_holdout_per_class,
         evidence_level: float = config.evidence_level,
+        min_pseudo_label_precision: float = config.min_pseudo_label_precision,
+        min_audited_parts: int = config.min_audited_parts,
         keep_versions: int = config.keep_versions,
     ):
         params = dict(locals())  # the pipeline parameters by name, for the retraining branch
@@ -153,7 +155,10 @@ def _retrain(ops: dict, monitor: dsl.PipelineTask, p: dict) -> None:
         golden_set=golden.output, mlflow_tracking_uri=p["mlflow_tracking_uri"],
         registered_model=p["registered_model"], min_improvement=p["min_improvement"],
         max_golden_regression=p["max_golden_regression"], min_holdout_per_class=p["min_holdout_per_class"],
-        evidence_level=p["evidence_level"], run_name=run_name,
+        evidence_level=p["evidence_level"], pseudo_label_precision=consensus.outputs["pseudo_label_precision"],
+        audited_pseudo_labels=consensus.outputs["audited_pseudo_labels"],
+        min_pseudo_label_precision=p["min_pseudo_label_precision"], min_audited_parts=p["min_audited_parts"],
+        run_name=run_name,
     ).set_display_name("analyze")
     with dsl.If(analyze.outputs["Output"] == True, name="challenger-is-better"):  # noqa: E712
         deploy = ops[deploy_op](

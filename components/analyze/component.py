@@ -13,6 +13,10 @@ def analyze_op(
     max_golden_regression: float,
     min_holdout_per_class: int,
     evidence_level: float,
+    pseudo_label_precision: float,
+    audited_pseudo_labels: int,
+    min_pseudo_label_precision: float,
+    min_audited_parts: int,
     run_name: str,
     report: Output[Markdown],
     decision: Output[Artifact],
@@ -35,6 +39,10 @@ def analyze_op(
         max_golden_regression: the challenger may lose at most this on the golden set.
         min_holdout_per_class: the holdout must hold at least this many samples per class on average.
         evidence_level: McNemar's one-sided p on the holdout must be at most this to count as a gain.
+        pseudo_label_precision: consensus' pseudo-label precision on its audited parts (0.0 without any).
+        audited_pseudo_labels: how many pseudo-labelled parts feedback audited (from consensus-filter).
+        min_pseudo_label_precision: with enough audited parts, a lower precision blocks the deploy.
+        min_audited_parts: fewer audited parts are reported but do not gate.
         run_name: the pipeline run, for alerts.
         report: metrics side by side, per-class recall, decision and reasons.
         decision: the decision, its reasons and the metric deltas (JSON), for the Slack message.
@@ -47,14 +55,17 @@ def analyze_op(
     """
     from pathlib import Path
 
-    from components.analyze.logic import analyze_against_champion
+    from components.analyze.logic import PseudoLabelGate, analyze_against_champion
     from ctloop.alerts import alert_on_failure
 
     with alert_on_failure("analyze", run_name):
+        pseudo_labels = PseudoLabelGate(pseudo_label_precision, audited_pseudo_labels, min_pseudo_label_precision,
+                                        min_audited_parts)
         result = analyze_against_champion(Path(challenger.path), Path(holdout_set.path), Path(golden_set.path),
                                           mlflow_tracking_uri, registered_model, min_improvement,
                                           max_golden_regression, min_holdout_per_class, evidence_level,
-                                          Path(report.path), Path(decision.path), Path(canary.path))
+                                          Path(report.path), Path(decision.path), Path(canary.path),
+                                          pseudo_labels=pseudo_labels)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
     outputs = {("challenger", "holdout"): challenger_new_data, ("champion", "holdout"): champion_new_data,

@@ -7,7 +7,10 @@ beats the champion by at least `min_improvement` on the new data, with evidence,
 `min_holdout_per_class` samples per class on average (min_holdout_per_class x the number of
 classes) and McNemar's exact test on the paired answers: of the holdout samples exactly one model
 gets right, the challenger's share must be larger than chance would give, one-sided
-p <= `evidence_level`. Every criterion becomes one sentence in `reasons`.
+p <= `evidence_level`. When feedback labelled at least `min_audited_parts` of the parts the
+consensus stage pseudo-labelled, their pseudo-label precision must also reach
+`min_pseudo_label_precision` (PseudoLabelGate): the holdout that shows the gain carries those same
+labels. Every criterion becomes one sentence in `reasons`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,41 @@ class HoldoutEvidence:
 
 
 @dataclass(frozen=True)
+class PseudoLabelGate:
+    """The consensus stage's pseudo-labels checked against feedback, and the bar they must clear.
+
+    `precision` is the share of the `audited` pseudo-labelled parts whose true label is known that
+    consensus labelled right; with `audited` 0 it means nothing (consensus passes 0.0) and nothing
+    is gated. Below `min_audited` parts the precision is reported but does not gate."""
+
+    precision: float
+    audited: int
+    min_precision: float
+    min_audited: int
+
+    def __post_init__(self) -> None:
+        if self.audited < 0:
+            raise ValueError(f"audited pseudo-labels must be at least 0, got {self.audited}")
+        if not 0.0 <= self.min_precision <= 1.0:
+            raise ValueError(f"min_pseudo_label_precision must be in [0, 1], got {self.min_precision}")
+        if self.min_audited < 1:
+            raise ValueError(f"min_audited_parts must be at least 1, got {self.min_audited}")
+
+    def criterion(self) -> tuple[bool, str] | None:
+        """(passed, sentence); None without audited parts, when there is nothing to say."""
+        if self.audited == 0:
+            return None
+        measured = f"pseudo-label precision {self.precision:.3f} on {self.audited} audited parts"
+        if self.audited < self.min_audited:
+            return True, (f"Not gated: {measured}, fewer than min_audited_parts {self.min_audited} to judge "
+                          f"the pseudo-labels by; reported only.")
+        if self.precision >= self.min_precision - _TOLERANCE:
+            return True, f"Pass: {measured} is at least min_pseudo_label_precision {self.min_precision:.3f}."
+        return False, (f"Fail: {measured} is below min_pseudo_label_precision {self.min_precision:.3f}: the "
+                       f"challenger was trained and judged on labels too often wrong; not deploying.")
+
+
+@dataclass(frozen=True)
 class AnalysisResult:
     """The deploy decision, its reasons and every score; `scores[model][data_set]`."""
 
@@ -70,6 +108,7 @@ class AnalysisResult:
     evidence: HoldoutEvidence
     min_holdout_per_class: int
     evidence_level: float
+    pseudo_labels: PseudoLabelGate | None = None
 
     def metrics(self) -> dict[str, float]:
         """Flat scalar metrics, e.g. `challenger_holdout_accuracy`, for kfp Metrics; with
@@ -132,6 +171,7 @@ def analyze_against_champion(
     decision_out: Path,
     canary_out: Path,
     canary_size: int = 64,
+    pseudo_labels: PseudoLabelGate | None = None,
 ) -> AnalysisResult:
     """The analyze stage: `analyze` against the model version MLflow's `champion` alias names.
 
@@ -153,6 +193,7 @@ def analyze_against_champion(
         decision_out: where to write AnalysisResult.decision() (JSON), which notify reads.
         canary_out: where to write the deploy stage's smoke test (write_canary).
         canary_size: golden images in the canary batch.
+        pseudo_labels: the consensus stage's audited pseudo-label precision and its gate (None: no gate).
 
     Returns:
         The AnalysisResult; its reasons are also printed, for the stage's log.
@@ -168,7 +209,7 @@ def analyze_against_champion(
         champion = registry.download_version(registered_model, version, scratch, tracking_uri)
         result = analyze(Path(challenger_file), champion.model_file, Path(holdout_set), Path(golden_set),
                          min_improvement, max_golden_regression, min_holdout_per_class, evidence_level,
-                         Path(report_out))
+                         Path(report_out), pseudo_labels)
     write_atomic(Path(decision_out), json.dumps(result.decision(version)).encode("utf-8"))
     write_canary(Path(challenger_file), Path(golden_set), Path(canary_out), canary_size)
     for reason in result.reasons:
@@ -197,6 +238,7 @@ def analyze(
     min_holdout_per_class: int,
     evidence_level: float,
     report_out: Path,
+    pseudo_labels: PseudoLabelGate | None = None,
 ) -> AnalysisResult:
     """Score both models on the holdout and the golden set, decide, and write a Markdown report.
 
@@ -211,6 +253,7 @@ def analyze(
             (this times the number of classes).
         evidence_level: The largest McNemar p-value that counts as evidence of a holdout gain.
         report_out: Where to write the Markdown report.
+        pseudo_labels: The consensus stage's audited pseudo-label precision and its gate (None: no gate).
 
     Returns:
         The AnalysisResult; `deploy` is False, with the reason, when a set is empty.
@@ -242,7 +285,7 @@ def analyze(
     evidence = holdout_evidence(data["holdout"].labels, predicted["champion"]["holdout"],
                                 predicted["challenger"]["holdout"], classes)
     deploy, reasons = decide(scores, evidence, min_improvement, max_golden_regression,
-                             min_holdout_per_class, evidence_level)
+                             min_holdout_per_class, evidence_level, pseudo_labels)
     result = AnalysisResult(
         deploy,
         reasons,
@@ -254,6 +297,7 @@ def analyze(
         evidence,
         min_holdout_per_class,
         evidence_level,
+        pseudo_labels,
     )
     write_atomic(report_out, render_report(result).encode())
     return result
@@ -332,10 +376,12 @@ def decide(
     max_golden_regression: float,
     min_holdout_per_class: int,
     evidence_level: float,
+    pseudo_labels: PseudoLabelGate | None = None,
 ) -> tuple[bool, list[str]]:
     """Apply every criterion; returns the decision and one sentence per criterion: the gain on
     the new data, the evidence for it (holdout size, McNemar's test; a sentence starting "Not
-    enough evidence:" when it is lacking), and the golden-set regression."""
+    enough evidence:" when it is lacking), the golden-set regression, and, when feedback audited
+    some pseudo-labels, their precision (PseudoLabelGate.criterion)."""
     reasons: list[str] = []
     passed: list[bool] = []
     champion, challenger = scores["champion"], scores["challenger"]
@@ -381,6 +427,10 @@ def decide(
             f"{'within' if ok else 'more than'} the allowed regression of "
             f"{max_golden_regression:.3f}."
         )
+    audit = pseudo_labels.criterion() if pseudo_labels is not None else None
+    if audit is not None:
+        passed.append(audit[0])
+        reasons.append(audit[1])
     return all(passed), reasons
 
 

@@ -20,7 +20,8 @@ def consensus_op(
     holdout_set: Output[Dataset],
     report: Output[Markdown],
     metrics: Output[Metrics],
-) -> NamedTuple("ConsensusOutputs", [("kept", int), ("kept_share", float), ("disagreement", float)]):
+) -> NamedTuple("ConsensusOutputs", [("kept", int), ("kept_share", float), ("disagreement", float),
+                                     ("pseudo_label_precision", float), ("audited_pseudo_labels", int)]):
     """Pseudo-label the window where B1 and B2 agree confidently; split train and holdout.
 
     Args:
@@ -37,7 +38,11 @@ def consensus_op(
         holdout_set: pseudo-labelled holdout (ImageSet .npz), the analyze stage's new data.
         report: kept share, per-class counts and the B1/B2 agreement matrix.
         metrics: kept, kept_share, train_size, holdout_size, disagreement and estimated_branch_accuracy;
-            pseudo_label_precision and branch_audited_accuracy when labels are known.
+            pseudo_label_precision, audited_pseudo_labels and branch_audited_accuracy when labels are known.
+
+    Returns:
+        kept, kept_share and disagreement; pseudo_label_precision on the audited_pseudo_labels kept
+        parts whose true label is known (0.0 when there are none), for analyze's gate.
     """
     from collections import namedtuple
     from pathlib import Path
@@ -51,5 +56,7 @@ def consensus_op(
                                                 Path(holdout_set.path), Path(report.path), new_repeat)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
-    return namedtuple("ConsensusOutputs", "kept kept_share disagreement")(result.kept, result.kept_share,
-                                                                           result.disagreement)
+    outputs = namedtuple("ConsensusOutputs",
+                         "kept kept_share disagreement pseudo_label_precision audited_pseudo_labels")
+    return outputs(result.kept, result.kept_share, result.disagreement, result.precision_or_zero,
+                   result.audited_pseudo_labels)

@@ -12,6 +12,10 @@ without any label (Jiang et al., ICLR 2022: the disagreement rate of two indepen
 models tracks their test error), so the report carries `1 - disagreement` as the branches'
 estimated accuracy, and beside it their accuracy on the window's audited parts when feedback
 gave some a label.
+
+When feedback labelled some of the kept parts, the share whose pseudo-label was right is the
+pseudo-label precision; it and the number of those parts go to the analyze stage, which refuses
+to deploy a challenger trained on pseudo-labels that are too often wrong.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class ConsensusReport:
     holdout_size: int
     previous_size: int
     pseudo_label_precision: float | None
+    audited_pseudo_labels: int  # kept parts whose true label is known: what the precision is measured on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,7 +77,15 @@ class ConsensusReport:
         for name in ("pseudo_label_precision", "branch_audited_accuracy"):
             if getattr(self, name) is not None:
                 figures[name] = getattr(self, name)
+        if self.pseudo_label_precision is not None:
+            figures["audited_pseudo_labels"] = float(self.audited_pseudo_labels)
         return figures
+
+    @property
+    def precision_or_zero(self) -> float:
+        """pseudo_label_precision as a stage output, which cannot be None: 0.0 when no kept part
+        was audited (audited_pseudo_labels 0 says so, and then nothing is gated on it)."""
+        return 0.0 if self.pseudo_label_precision is None else self.pseudo_label_precision
 
 
 def ask_branch(client: TorchServeClient, model_name: str, images: np.ndarray, batch_size: int) -> BranchAnswers:
@@ -216,6 +229,7 @@ def _report(
         holdout_size=holdout_size,
         previous_size=int((~collected.is_new).sum()),
         pseudo_label_precision=float((kept_labels[known] == truth[known]).mean()) if known.any() else None,
+        audited_pseudo_labels=int(known.sum()),
     )
 
 
@@ -241,7 +255,8 @@ def _markdown(report: ConsensusReport, threshold: float, branches: tuple[str, st
         f"holdout: {report.holdout_size}.",
     ]
     if report.pseudo_label_precision is not None:
-        lines.append(f"Pseudo-label precision against known labels: {report.pseudo_label_precision:.3f}.")
+        lines.append(f"Pseudo-label precision against known labels: {report.pseudo_label_precision:.3f} "
+                     f"on {report.audited_pseudo_labels} audited parts.")
     if report.branch_audited_accuracy is not None:
         lines.append(f"Branch accuracy on the window's audited parts: {report.branch_audited_accuracy:.3f}.")
     lines += ["", "| class | kept |", "| --- | ---: |"]

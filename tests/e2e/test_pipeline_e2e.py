@@ -90,6 +90,11 @@ def test_a_challenger_that_is_not_better_enough_is_not_deployed(stack, boot, tmp
     assert registry.get_version_by_alias(REGISTERED_MODEL, "challenger", stack.tracking_uri) == "2"
     not_deployed = [text for text in outbox(stack) if text.startswith("Challenger not deployed")]
     assert len(not_deployed) == 1 and "required improvement of 0.900" in not_deployed[0]
+    # The window's audited parts reach analyze's pseudo-label gate: consensus' figures in its reason.
+    audit = run.task("consensus-op").parameters
+    assert audit["audited_pseudo_labels"] > 0, "the played window audits 30 % of its parts"
+    assert (f"pseudo-label precision {audit['pseudo_label_precision']:.3f} on {audit['audited_pseudo_labels']} "
+            "audited parts") in not_deployed[0]
 
 
 def test_failing_validation_alerts_and_changes_nothing(stack, boot, tmp_path) -> None:

@@ -14,7 +14,7 @@ from scipy.stats import binomtest
 from sklearn.datasets import load_digits
 from sklearn.metrics import f1_score
 
-from components.analyze import AnalysisResult, ModelScores, analyze
+from components.analyze import AnalysisResult, ModelScores, PseudoLabelGate, analyze
 from components.analyze.logic import HoldoutEvidence, decide, holdout_evidence, mcnemar_p_value, scores_from_labels
 from components.notify.logic import not_deployed
 from ctloop.config import PipelineConfig
@@ -144,6 +144,29 @@ def test_a_tiny_holdout_cannot_decide_a_deploy(digits: dict[str, Path], tmp_path
     # With both switched off (bench's TINY settings) the four samples decide, as before the rule.
     assert _analyze(digits, "good", "bad", tmp_path / "r.md", holdout=tiny, min_holdout_per_class=0,
                     evidence_level=1.0).deploy
+
+
+def test_pseudo_labels_audited_too_often_wrong_block_a_better_challenger(
+    digits: dict[str, Path], tmp_path: Path
+) -> None:
+    # The challenger that test_a_better_challenger_is_deployed deploys, but feedback found 38 of the
+    # 50 audited pseudo-labels wrong: the decision, the report and notify's document say so.
+    gate = PseudoLabelGate(precision=0.24, audited=50, min_precision=0.9, min_audited=20)
+    result = analyze(digits["good"], digits["bad"], digits["holdout"], digits["golden"], min_improvement=0.01,
+                     max_golden_regression=0.02, min_holdout_per_class=2, evidence_level=0.05,
+                     report_out=tmp_path / "report.md", pseudo_labels=gate)
+    assert not result.deploy
+    assert [reason.split(":")[0] for reason in result.reasons] == ["Pass"] * 4 + ["Fail"]
+    assert result.reasons[4].startswith("Fail: pseudo-label precision 0.240 on 50 audited parts is below "
+                                        "min_pseudo_label_precision 0.900")
+    assert f"- {result.reasons[4]}" in result.report.read_text()
+    assert result.decision("1")["reasons"] == result.reasons
+    assert json.loads(json.dumps(result.to_dict()))["pseudo_labels"]["audited"] == 50
+    # Fewer audited parts than min_audited_parts: the same precision is reported and the challenger deployed.
+    few = PseudoLabelGate(precision=0.24, audited=19, min_precision=0.9, min_audited=20)
+    reported = analyze(digits["good"], digits["bad"], digits["holdout"], digits["golden"], 0.01, 0.02, 2, 0.05,
+                       tmp_path / "report.md", few)
+    assert reported.deploy and reported.reasons[4].startswith("Not gated: pseudo-label precision 0.240 on 19")
 
 
 def test_confusion_matrices_count_every_sample(digits: dict[str, Path], tmp_path: Path) -> None:
@@ -306,21 +329,29 @@ def test_mcnemar_p_value_is_scipys_one_sided_exact_binomial_test(challenger_only
     assert mcnemar_p_value(challenger_only, champion_only) == pytest.approx(expected, rel=1e-12, abs=1e-300)
 
 
-def test_the_compiled_pipeline_passes_the_evidence_parameters_to_analyze(tmp_path: Path) -> None:
+def test_the_compiled_pipeline_passes_the_evidence_and_pseudo_label_parameters_to_analyze(tmp_path: Path) -> None:
     out = tmp_path / "pipeline.yaml"
-    config = PipelineConfig(min_holdout_per_class=3, evidence_level=0.01)
+    config = PipelineConfig(min_holdout_per_class=3, evidence_level=0.01, min_pseudo_label_precision=0.95,
+                            min_audited_parts=30)
     compiler.Compiler().compile(build_pipeline(config, ImageSettings("registry.example/acme", "3f2c1d0")), str(out))
     spec = yaml.safe_load(out.read_text())
     parameters = spec["root"]["inputDefinitions"]["parameters"]
-    assert parameters["min_holdout_per_class"] == {"defaultValue": 3, "isOptional": True,
-                                                   "parameterType": "NUMBER_INTEGER"}
-    assert parameters["evidence_level"] == {"defaultValue": 0.01, "isOptional": True,
-                                            "parameterType": "NUMBER_DOUBLE"}
+    integer, double = "NUMBER_INTEGER", "NUMBER_DOUBLE"
+    for name, value, kind in (("min_holdout_per_class", 3, integer), ("evidence_level", 0.01, double),
+                              ("min_pseudo_label_precision", 0.95, double), ("min_audited_parts", 30, integer)):
+        assert parameters[name] == {"defaultValue": value, "isOptional": True, "parameterType": kind}
+    settings = ("min_improvement", "min_holdout_per_class", "evidence_level", "min_pseudo_label_precision",
+                "min_audited_parts")
     analyze_inputs = spec["components"]["comp-analyze-op"]["inputDefinitions"]["parameters"]
-    assert {"min_improvement", "min_holdout_per_class", "evidence_level"} <= set(analyze_inputs)
+    assert set(settings) <= set(analyze_inputs)
     task = spec["components"]["comp-condition-2"]["dag"]["tasks"]["analyze-op"]["inputs"]["parameters"]
-    for name in ("min_improvement", "min_holdout_per_class", "evidence_level"):
+    for name in settings:
         assert task[name] == {"componentInputParameter": f"pipelinechannel--{name}"}
+    # The consensus stage's audited precision and count reach analyze as its outputs.
+    consensus_outputs = spec["components"]["comp-consensus-op"]["outputDefinitions"]["parameters"]
+    for name, kind in (("pseudo_label_precision", double), ("audited_pseudo_labels", integer)):
+        assert consensus_outputs[name] == {"parameterType": kind}
+        assert task[name] == {"taskOutputParameter": {"outputParameterKey": name, "producerTask": "consensus-op"}}
 
 
 def test_scores_from_labels_agree_with_sklearn() -> None:

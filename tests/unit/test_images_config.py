@@ -91,6 +91,7 @@ def test_shipped_config_has_the_reference_defaults() -> None:
     assert config.confidence_threshold == 0.7
     assert config.val_ratio == 0.2 and config.min_improvement == 0.01
     assert config.min_holdout_per_class == 2 and config.evidence_level == 0.05
+    assert config.min_pseudo_label_precision == 0.9 and config.min_audited_parts == 20
 
 
 @pytest.mark.parametrize(
@@ -103,6 +104,10 @@ def test_shipped_config_has_the_reference_defaults() -> None:
         ("min_holdout_per_class: 2.5\n", "min_holdout_per_class must be of type int, got 2.5"),
         ("evidence_level: 0\n", r"evidence_level must be in \(0.0, 1.0\], got 0"),
         ("evidence_level: 1.5\n", r"evidence_level must be in \(0.0, 1.0\], got 1.5"),
+        ("min_pseudo_label_precision: 1.2\n", r"min_pseudo_label_precision must be in \[0.0, 1.0\], got 1.2"),
+        ("min_pseudo_label_precision: high\n", "min_pseudo_label_precision must be of type float, got 'high'"),
+        ("min_audited_parts: 0\n", "min_audited_parts must be at least 1, got 0"),
+        ("min_audited_parts: 20.5\n", "min_audited_parts must be of type int, got 20.5"),
         ("merge_previous: 3\n", "merge_previous must be of type bool"),
         ("yield_treshold: 0.7\n", "unknown config keys: yield_treshold"),
         ("- a list\n", "expected a mapping"),
