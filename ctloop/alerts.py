@@ -33,14 +33,16 @@ def alert_on_failure(stage: str, run_name: str) -> Iterator[None]:
 
 
 def run_failed(stage: str, error: str, run_name: str | None = None) -> slack.Message:
-    """A stage failed and the run stopped; the champion is unchanged.
+    """A stage failed and the run stopped; the champion is unchanged. The error (which may quote
+    file names, class names, request ids) is escaped wherever it is shown; `slack.send` masks URLs
+    with credentials in it.
 
     Args:
         stage: the stage that failed.
         error: its error message.
         run_name: the pipeline run, shown as context.
     """
-    text = f"Run failed in stage {stage}: {error.splitlines()[0] if error else 'no message'}"
+    text = f"Run failed in stage {stage}: {slack.escape(error.splitlines()[0]) if error else 'no message'}"
     code = slack.clip(slack.escape(error.replace("```", "'''")) or "no message", slack.SECTION_LIMIT - 8)
     blocks = [
         slack.header(f"Run failed: {stage}"),

@@ -9,7 +9,9 @@ exactly those bytes back. Aliases carry the roles: `challenger` (the latest trai
 Every function takes `tracking_uri`, defaulting to MLFLOW_TRACKING_URI; SQLite URIs such as
 `sqlite:////abs/mlflow.db` keep their artifacts in a directory next to the database. Failures of
 the tracking server and missing versions or aliases are raised as RegistryError, naming the URI,
-model, version or alias concerned.
+model, version or alias concerned. A URI may carry credentials (`http://user:password@host`):
+every message names it, and quotes MLflow's own, through ctloop.redact, and a RegistryError does
+not chain MLflow's exception (whose message quotes the URI in full); it keeps its error code.
 
 Retries: MlflowClient's REST calls retry through urllib3 with numbers it reads from environment
 variables at each call (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR, _BACKOFF_JITTER,
@@ -43,6 +45,7 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SADeprecationWarning
 
 from ctloop import http
+from ctloop.redact import redact_text, redact_url
 
 __all__ = [
     "AliasMovedError",
@@ -84,7 +87,14 @@ _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 class RegistryError(RuntimeError):
-    """The registry is unreachable, or a model, version or alias asked for does not exist."""
+    """The registry is unreachable, or a model, version or alias asked for does not exist.
+
+    error_code: MLflow's error code (e.g. "RESOURCE_DOES_NOT_EXIST") when MLflow raised, else "".
+    """
+
+    def __init__(self, message: str, error_code: str = "") -> None:
+        super().__init__(message)
+        self.error_code = error_code
 
 
 @dataclass(frozen=True)
@@ -113,11 +123,11 @@ def client(tracking_uri: str | None = None) -> MlflowClient:
     database = _sqlite_path(uri)
     if database is not None and not database.parent.is_dir():
         raise RegistryError(
-            f"MLflow tracking URI {uri}: directory {database.parent} does not exist"
+            f"MLflow tracking URI {redact_url(uri)}: directory {database.parent} does not exist"
         )
     # The URI travels with the client, never through mlflow.set_tracking_uri: that sets a
     # process-wide default and writes MLFLOW_TRACKING_URI into os.environ.
-    with _mlflow_sql_store_quiet():
+    with _mlflow_sql_store_quiet(), registry_errors(uri, "open a client"):  # e.g. an unknown scheme
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -247,7 +257,7 @@ def require_alias(model_name: str, alias: str, tracking_uri: str | None = None) 
     version = get_version_by_alias(model_name, alias, uri)
     if version is None:
         raise RegistryError(
-            f"model {model_name!r} has no alias {alias!r} in MLflow at {uri}; "
+            f"model {model_name!r} has no alias {alias!r} in MLflow at {redact_url(uri)}; "
             f"register a version with that alias first"
         )
     return version
@@ -270,7 +280,7 @@ def download_version(
     model_file = local_dir / MODEL_FILENAME
     if not model_file.is_file():
         raise RegistryError(
-            f"version {version} of {model_name!r} in MLflow at {uri} has no {MODEL_FILENAME} "
+            f"version {version} of {model_name!r} in MLflow at {redact_url(uri)} has no {MODEL_FILENAME} "
             f"(source {model_version.source}); was it registered by ctloop?"
         )
     train_set = local_dir / TRAIN_SET_FILENAME
@@ -398,27 +408,32 @@ def _require_version(
     except RegistryError as error:
         if _is_not_found(error):
             raise RegistryError(
-                f"model {model_name!r} has no version {version} in MLflow at {uri}"
-            ) from error.__cause__
+                f"model {model_name!r} has no version {version} in MLflow at {redact_url(uri)}", error.error_code
+            ) from None
         raise
 
 
 @contextlib.contextmanager
 def registry_errors(uri: str, action: str) -> Iterator[None]:
     """Turn MLflow and connection failures into a RegistryError naming the URI and the action.
-    MLflow's HTTP calls inside follow ctloop.http's retry numbers (see the module docstring)."""
+    MLflow's HTTP calls inside follow ctloop.http's retry numbers (see the module docstring).
+
+    The URI and MLflow's message are redacted, and MLflow's exception is not chained (`from
+    None`): a traceback prints every chained message, and MLflow's quotes the URI in full."""
+    shown = redact_url(uri)
     try:
         with _http_policy():
             yield
     except MlflowException as error:
+        detail = redact_text(error.message)
         if _is_connection_failure(error):
             raise RegistryError(
-                f"cannot reach the MLflow tracking server at {uri} to {action}; is it running? "
-                f"(check MLFLOW_TRACKING_URI): {error.message}"
-            ) from error
-        raise RegistryError(f"MLflow at {uri}: cannot {action}: {error.message}") from error
+                f"cannot reach the MLflow tracking server at {shown} to {action}; is it running? "
+                f"(check MLFLOW_TRACKING_URI): {detail}", error.error_code
+            ) from None
+        raise RegistryError(f"MLflow at {shown}: cannot {action}: {detail}", error.error_code) from None
     except OSError as error:
-        raise RegistryError(f"MLflow at {uri}: cannot {action}: {error}") from error
+        raise RegistryError(f"MLflow at {shown}: cannot {action}: {redact_text(str(error))}") from None
 
 
 _policy_lock = threading.Lock()
@@ -450,8 +465,7 @@ def _http_policy() -> Iterator[None]:
 
 
 def _is_not_found(error: RegistryError) -> bool:
-    cause = error.__cause__
-    return isinstance(cause, MlflowException) and cause.error_code in _NOT_FOUND
+    return error.error_code in _NOT_FOUND
 
 
 def _is_connection_failure(error: MlflowException) -> bool:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Sequence
 from ctloop.config import ConfigError, PipelineConfig, default_config_text, load_config
 from ctloop.drift import DRIFT_KINDS
 from ctloop.images import ImageDataError
+from ctloop.redact import redact_text, redact_url
 from ctloop_app.ports import StackPorts
 
 if TYPE_CHECKING:
@@ -295,7 +296,8 @@ def _submit(args: argparse.Namespace) -> int:
         print(f"ctloop submit: {error}", file=sys.stderr)
         return 2
     except (ApiException, HTTPError, TimeoutError) as error:
-        print(f"ctloop submit: Kubeflow Pipelines at {host} failed: {str(error).strip()}", file=sys.stderr)
+        print(f"ctloop submit: Kubeflow Pipelines at {redact_url(host)} failed: {redact_text(str(error).strip())}",
+              file=sys.stderr)
         return 1
     print(f"pipeline version {args.commit} ({done.pipeline_version_id}) of {package}")
     print(f"run: {done.run_url}")

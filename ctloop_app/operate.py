@@ -26,6 +26,7 @@ from components.deploy.reconcile import Reconciliation, reconcile
 from ctloop import registry
 from ctloop.canary import Canary
 from ctloop.images import ImageSet
+from ctloop.redact import redact_url
 from serving import fleet
 from serving.client import TorchServeClient, client_from_env, read_key_file
 from serving.state import read_state, state_path
@@ -84,7 +85,7 @@ class FleetStatus:
 
     def lines(self, fleet_: Fleet) -> list[str]:
         names = sorted(set(self.desired) | set(self.served))
-        rows = [f"registry {fleet_.registered_model} at {fleet_.tracking_uri}: " +
+        rows = [f"registry {fleet_.registered_model} at {redact_url(fleet_.tracking_uri)}: " +
                 ", ".join(f"{alias} v{version}" for alias, version in self.aliases.items() if version)]
         for name in names:
             want, have = self.desired.get(name, (None, [])), self.served.get(name, (None, []))

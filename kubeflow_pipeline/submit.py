@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import yaml
 
 from ctloop.config import PipelineConfig
+from ctloop.redact import redact_url
 from kubeflow_pipeline.images import ImageSettings
 from kubeflow_pipeline.compile import compile_pipeline
 from kubeflow_pipeline.pipeline import PIPELINE_NAME
@@ -58,7 +59,9 @@ def compile_for_cluster(out: str | Path, images: ImageSettings, config: Pipeline
 
 def load_params(params_file: str | Path | None, overrides: Mapping[str, str] = ()) -> dict[str, Any]:
     """Run parameters from a YAML mapping (None: the shipped cluster parameters,
-    kubeflow_pipeline/pipeline-params.yaml), then `KEY=VALUE` overrides (values parsed as YAML)."""
+    kubeflow_pipeline/pipeline-params.yaml), then `KEY=VALUE` overrides (values parsed as YAML).
+    A value that is a URL with credentials or a secret token (ctloop.redact) is refused, naming
+    the parameter only."""
     try:
         if params_file is None:
             params_file = f"kubeflow_pipeline/{DEFAULT_PARAMS_NAME} (shipped)"
@@ -75,6 +78,11 @@ def load_params(params_file: str | Path | None, overrides: Mapping[str, str] = (
         if not sep or not key:
             raise SubmitError(f"--param expects KEY=VALUE, got {item!r}")
         params[key.strip()] = yaml.safe_load(value) if value else ""
+    carrying = sorted(name for name, value in params.items() if isinstance(value, str) and redact_url(value) != value)
+    if carrying:
+        raise SubmitError(f"pipeline parameters {', '.join(carrying)} carry credentials or a token in a URL; Kubeflow "
+                          "records a run's parameters and its executor logs them, so give the stages secrets "
+                          "through their environment (MLFLOW_TRACKING_URI, SLACK_WEBHOOK_URL) instead")
     return params
 
 
@@ -107,7 +115,7 @@ def connect(host: str, token: str | None = None, namespace: str | None = None):
     import kfp
 
     if not host.startswith(("http://", "https://")):
-        raise SubmitError(f"KFP host must start with http:// or https://, got {host!r}")
+        raise SubmitError(f"KFP host must start with http:// or https://, got {redact_url(host)!r}")
     with warnings.catch_warnings():
         # kfp.Client always warns that it needs KFP >= 2.0.0-beta.2, which is what we target.
         warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline",

@@ -20,6 +20,7 @@ import numpy as np
 import requests
 
 from ctloop import http, wire
+from ctloop.redact import redact_text, redact_url
 from ctloop.wire import CANARY_HEADER, NPY_CONTENT_TYPE, REQUEST_ID_HEADER, VERSION_HEADER, encode_batch
 
 
@@ -75,7 +76,10 @@ class TorchServeClient:
         try:
             answer = session.request(method, url, headers=headers, timeout=timeout or self.timeout, **kwargs)
         except requests.RequestException as error:
-            raise TorchServeError(0, f"{method} {url} failed: {error}", http.attempts(error, self.retries)) from error
+            # the URL and requests' message may carry credentials (a proxy's user:password@): masked,
+            # and requests' exception not chained, since a traceback would print its message whole
+            raise TorchServeError(0, f"{method} {redact_url(url)} failed: {redact_text(str(error))}",
+                                  http.attempts(error, self.retries)) from None
         if answer.status_code >= 400:
             raise TorchServeError(answer.status_code, _error_message(answer), http.attempts(answer))
         return answer

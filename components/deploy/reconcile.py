@@ -63,7 +63,8 @@ def reconcile_serving(model_store: Path, inference_url: str, management_url: str
 def repaired(result: Reconciliation, run_name: str | None = None) -> slack.Message:
     """Slack: serving and the registry disagreed, and how that was repaired."""
     bullets = "\n".join(f"\u2022 {slack.escape(finding)}" for finding in result.findings)
-    text = f"Serving repaired to the registry's champion v{result.champion}: {'; '.join(result.findings)}"
+    findings = slack.escape("; ".join(result.findings))
+    text = f"Serving repaired to the registry's champion v{result.champion}: {findings}"
     blocks = [slack.header("Serving repaired"),
               slack.section(f"Serving now matches MLflow's champion *v{slack.escape(str(result.champion))}*."),
               slack.section(slack.clip(bullets))]

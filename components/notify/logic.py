@@ -4,6 +4,10 @@ Each builder returns `{"text": fallback, "blocks": [...]}`, the body of a webhoo
 `ctloop.alerts.deliver` sends (the run-failed message is ctloop.alerts.run_failed: every stage
 sends it when it fails). The `announce_*` functions are the stage: they read the decision
 documents the monitor and analyze stages wrote, build the message and deliver it.
+
+Slack reads &, < and > in mrkdwn as markup (`<!channel>` notifies everyone), the fallback text
+included, so every string a builder interpolates that it did not write itself (reasons, versions,
+metric names) is escaped with `slack.escape`, in the text as in the blocks.
 """
 
 from __future__ import annotations
@@ -153,7 +157,7 @@ def retrain_started(
     ]
     if baseline is not None:
         fields.append(("Baseline", f"{baseline:.3f}"))
-    text = f"Retraining started: champion v{model_version} yield {yield_value:.3f}"
+    text = f"Retraining started: champion v{slack.escape(str(model_version))} yield {yield_value:.3f}"
     if threshold_used is not None:
         text += f" < {threshold_used:.3f}"
     blocks = [slack.header("Retraining started"), slack.fields(fields)]
@@ -178,7 +182,7 @@ def deployed(
         run_name: the pipeline run, shown as context.
         consensus: what the consensus stage saw, shown under the deltas.
     """
-    text = f"Deployed champion v{new_version} (was v{old_version})"
+    text = f"Deployed champion v{slack.escape(new_version)} (was v{slack.escape(old_version)})"
     lines = [f"*{slack.escape(name)}*: {delta:+.3f}" for name, delta in metric_deltas.items()]
     blocks = [
         slack.header("New champion deployed"),
@@ -200,7 +204,7 @@ def not_deployed(reasons: Sequence[str], run_name: str | None = None, consensus:
         consensus: what the consensus stage saw, shown under the reasons (a low kept share or a
             high disagreement often explains a challenger without enough evidence).
     """
-    text = f"Challenger not deployed: {' '.join(reasons) or 'no reason given'}"
+    text = f"Challenger not deployed: {slack.escape(' '.join(reasons)) or 'no reason given'}"
     bullets = "\n".join(f"\u2022 {slack.escape(reason)}" for reason in reasons) or "no reason given"
     blocks = [slack.header("Challenger not deployed"), slack.section(slack.clip(bullets))]
     if consensus is not None:

@@ -213,8 +213,8 @@ def test_deployed_shows_versions_and_signed_deltas():
 
 def test_not_deployed_lists_the_reasons_escaped():
     message = not_deployed(["gain 0.004 < min_improvement 0.01", "golden accuracy fell by 0.05 > 0.02 & more"])
-    assert message["text"] == ("Challenger not deployed: gain 0.004 < min_improvement 0.01 "
-                               "golden accuracy fell by 0.05 > 0.02 & more")
+    assert message["text"] == ("Challenger not deployed: gain 0.004 &lt; min_improvement 0.01 "
+                               "golden accuracy fell by 0.05 &gt; 0.02 &amp; more")
     assert message["blocks"][1]["text"]["text"] == (
         "\u2022 gain 0.004 &lt; min_improvement 0.01\n\u2022 golden accuracy fell by 0.05 &gt; 0.02 &amp; more"
     )
