@@ -6,8 +6,8 @@ batching); the one with the best geometric mean of requests/s over the client co
 wins and is measured again, side by side with FastAPI and in-process.
 TorchServe reads `maxBatchDelay: 0` in a model-config yaml as unset (its default, 100 ms, is
 what it reports); that only matters with batches > 1, so the batching candidates set a delay.
-The champion handler keeps the prediction log on (every answer appended to predictions.jsonl
-plus its input sample): that is production behaviour, and the FastAPI app does not do it.
+The champion handler keeps the prediction log on (every answer appended to the worker's
+segment of the prediction store, with its input sample): that is production behaviour, and the FastAPI app does not do it.
 """
 
 from __future__ import annotations

@@ -28,11 +28,14 @@ NPY_CONTENT_TYPE = "application/x-npy"
 NPY_MAGIC = b"\x93NUMPY"
 CARD_NAME = "ctloop.json"  # the model card's name inside a TorchScript file (ctloop.modelfile)
 
-# The prediction store: one log shared by the champion's workers, one sample shard per worker.
-LOG_NAME = "predictions.jsonl"
-SAMPLES_DIR = "samples"
-FEEDBACK_NAME = "feedback.jsonl"  # ground truth beside the log, when the line sends any (monitor reads it)
-SHARD_PATTERN = re.compile(r"^samples/[^/#]+\.(\d+)x(\d+)\.f32$")
+# The prediction store: segments, each written by one writer (a champion worker process) only:
+# `segments/<stem>.jsonl`, its records, and `segments/<stem>.<H>x<W>.f32`, their input samples.
+# No two processes append to one file, on one node or across nodes sharing a volume.
+SEGMENTS_DIR = "segments"
+FEEDBACK_NAME = "feedback.jsonl"  # ground truth beside the segments, when the line sends any (monitor reads it)
+SEGMENT_PATTERN = re.compile(r"^(\d{20})_(.+)_v(\d+)_([A-Za-z0-9-]+)$")  # start ns, model, version, writer
+SHARD_PATTERN = re.compile(r"^segments/[^/#]+\.(\d+)x(\d+)\.f32$")
+LOST_FIELD = "lost"  # a marker line {"lost": n, "time": t, "since": t0}: n records the writer could not store
 
 # Field -> accepted types of a prediction record; every record also has `time`, `model_name`,
 # `item` (position in its request) and `class_name`, which readers do not rely on.
@@ -97,9 +100,20 @@ def request_id_problem(request_id: str) -> str | None:
             f"got {len(request_id)} characters ({shown!r})")
 
 
-def shard_name(model_name: str, model_version: str, writer: str, size: tuple[int, int]) -> str:
-    """A sample shard's reference, `samples/<model>-v<version>-<writer>.<H>x<W>.f32`."""
-    return f"{SAMPLES_DIR}/{model_name}-v{model_version}-{writer}.{size[0]}x{size[1]}.f32"
+def segment_stem(start_ns: int, model_name: str, model_version: str, writer: str) -> str:
+    """A segment's name without suffix: sorts by start time, and says which model version and
+    writer (host and pid, say) wrote it."""
+    return f"{start_ns:020d}_{model_name}_v{model_version}_{re.sub(r'[^A-Za-z0-9-]', '-', writer)}"
+
+
+def segment_log(stem: str) -> str:
+    """A segment's record file, relative to the store."""
+    return f"{SEGMENTS_DIR}/{stem}.jsonl"
+
+
+def segment_samples(stem: str, size: tuple[int, int]) -> str:
+    """A segment's sample file, relative to the store; a record's `sample` is this plus `#<index>`."""
+    return f"{SEGMENTS_DIR}/{stem}.{size[0]}x{size[1]}.f32"
 
 
 def prediction_record(request_id: str, server_id: str, time: float, model_name: str, model_version: str,

@@ -39,7 +39,6 @@ from typing import Callable, Iterable
 import psutil
 import yaml
 
-from ctloop import wire
 from ctloop.config import PipelineConfig
 from ctloop.images import write_atomic
 from ctloop_app import operate
@@ -47,6 +46,7 @@ from ctloop_app.install import InstallError, bootstrap_files
 from ctloop_app.schedule import Schedule, parse_schedule
 from ctloop_app.ports import StackPorts
 from ctloop_app.stack import LocalStack, install_models, local_stack
+from serving import store
 
 __all__ = ["PredictionCounter", "ServiceError", "ServiceSettings", "remove_all_but_newest", "serve_forever",
            "start_plan"]
@@ -136,7 +136,7 @@ def _resume(stack: LocalStack) -> str:
 def _loop(stack: LocalStack, settings: ServiceSettings, schedule: Schedule, config_file: Path,
           say: Callable[[str], None]) -> None:
     state = ServiceState(stack.work_dir / "service" / "state.json", settings.config)
-    counter = PredictionCounter(stack.store_dir / wire.LOG_NAME)
+    counter = PredictionCounter(stack.store_dir)
     every = settings.config.run_every_predictions
     previous: datetime | None = None
     while True:
@@ -222,36 +222,39 @@ class ServiceState:
 
 
 class PredictionCounter:
-    """New lines of the prediction log since the last reset, read from where it last stopped
-    (a shorter file, rotated or replaced, counts from its start)."""
+    """New lines in the store's segments since the last reset, each segment read from where it
+    last stopped (a new segment from its start)."""
 
-    def __init__(self, log: Path) -> None:
-        self.log = log
-        self.offset = self._size()
+    def __init__(self, store_dir: Path) -> None:
+        self.store_dir = store_dir
+        self.offsets = {segment.log: _size(segment.log) for segment in store.list_segments(store_dir)}
         self.counted = self.last = 0
 
-    def _size(self) -> int:
-        try:
-            return self.log.stat().st_size
-        except FileNotFoundError:
-            return 0
-
     def count(self) -> int:
-        size = self._size()
-        if size < self.offset:
-            self.offset = 0
-        if size > self.offset:
-            with open(self.log, "rb") as log:
-                log.seek(self.offset)
-                chunk = log.read(size - self.offset)
-            self.offset += chunk.rfind(b"\n") + 1  # a half-written last line is counted once whole
-            self.counted += chunk.count(b"\n")
+        offsets = {}
+        for segment in store.list_segments(self.store_dir):
+            offset, size = self.offsets.get(segment.log, 0), _size(segment.log)
+            if size > offset:
+                with open(segment.log, "rb") as log:
+                    log.seek(offset)
+                    chunk = log.read(size - offset)
+                offset += chunk.rfind(b"\n") + 1  # a half-written last line is counted once whole
+                self.counted += chunk.count(b"\n")
+            offsets[segment.log] = offset
+        self.offsets = offsets
         return self.counted
 
     def reset(self) -> None:
         """Start counting afresh; `last` keeps what was counted until now."""
         self.last = self.count()
         self.counted = 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # pruned meanwhile
+        return 0
 
 
 def describe(work_dir: Path) -> list[str]:

@@ -1,7 +1,7 @@
 """Model archives (.mar) for TorchServe, one per model version.
 
 The archive holds the TorchScript model file (as `model.pt`, which TorchServe's BaseHandler loads
-with torch.jit), the role's handler, the shared handler module, the wire contract (as
+with torch.jit), the role's handler, the shared handler modules (the base handler and the prediction log), the wire contract (as
 `ctloop/wire.py`, the only part of ctloop the handlers import) and a model-config yaml. Its
 file name carries the version (`champion-v3.mar`) so several versions of one model can sit in
 the same model store; the model name inside is the serving name (`champion`, `b1`, `b2`, `eval`).
@@ -20,7 +20,7 @@ from pathlib import Path
 # Package data (importlib.resources): the handlers and the wire contract are copied from the
 # installed packages into each archive's build folder, never reached through __file__.
 HANDLER_DIR = importlib.resources.files("serving").joinpath("handlers")
-SHARED_HANDLER = HANDLER_DIR.joinpath("ctloop_handler_base.py")
+SHARED_MODULES = (HANDLER_DIR.joinpath("ctloop_handler_base.py"), HANDLER_DIR.joinpath("prediction_log.py"))
 WIRE_MODULE = importlib.resources.files("ctloop").joinpath("wire.py")
 HANDLERS = {
     "champion": "champion_handler.py",
@@ -87,10 +87,11 @@ def build_archive(
 
 
 def _stage_extra_files(extra: Path) -> None:
-    """The shared handler module and a `ctloop` package holding only the wire contract; the
+    """The shared handler modules and a `ctloop` package holding only the wire contract; the
     archiver copies the folder's contents beside the handler."""
     (extra / "ctloop").mkdir(parents=True)
-    (extra / SHARED_HANDLER.name).write_bytes(SHARED_HANDLER.read_bytes())
+    for module in SHARED_MODULES:
+        (extra / module.name).write_bytes(module.read_bytes())
     (extra / "ctloop" / "wire.py").write_bytes(WIRE_MODULE.read_bytes())
     (extra / "ctloop" / "__init__.py").write_text('"""ctloop\'s wire contract, shipped in a TorchServe archive."""\n')
 

@@ -1,26 +1,35 @@
-"""Read the champion's prediction store (written by serving/handlers/ctloop_handler_base.py).
+"""Read the champion's prediction store (written by serving/handlers/prediction_log.py).
 
-Layout under the store directory (CTLOOP_STORE_DIR of the TorchServe workers):
-- `predictions.jsonl`: one JSON object per answered image: request_id, time (unix seconds),
-  model_name, model_version, item (position in the request), label, class_name, confidence,
-  sample (a reference like `samples/<shard>.8x8.f32#12`).
-- `samples/<shard>.<H>x<W>.f32`: raw float32 records of H*W values, one file per worker; record
-  i is the preprocessed input (grey, [0, 1]) of the prediction that references `#i`.
+Layout under the store directory (CTLOOP_STORE_DIR of the TorchServe workers), in segments that
+each worker process writes alone (ctloop.wire):
+- `segments/<stem>.jsonl`: one JSON object per answered image: request_id, server_id
+  (TorchServe's id for the request), time (unix seconds), model_name, model_version, item
+  (position in the request), label, class_name, confidence, sample (a reference like
+  `segments/<stem>.8x8.f32#12`); and marker lines `{"lost": n, ...}` for records the writer
+  could not store (a full disk).
+- `segments/<stem>.<H>x<W>.f32`: raw float32 records of H*W values; record i is the preprocessed
+  input (grey, [0, 1]) of the prediction that references `#i`.
+`<stem>` is `<start ns>_<model>_v<version>_<writer>`. Readers take whole segments, newest (or
+oldest) first, and stop once they hold the records asked for, so memory follows the window, not
+the history.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ctloop.wire import LOG_NAME, SHARD_PATTERN, record_problem
+from ctloop.wire import LOST_FIELD, SEGMENT_PATTERN, SEGMENTS_DIR, SHARD_PATTERN, record_problem
 
-__all__ = ["LOG_NAME", "SHARD_PATTERN", "PredictionLogError", "PredictionRecords", "PredictionStoreError",
-           "load_samples", "read_jsonl", "read_prediction_log", "read_predictions"]
+__all__ = ["SHARD_PATTERN", "PredictionLogError", "PredictionRecords", "PredictionStoreError", "Segment",
+           "StoreRecords", "list_segments", "load_samples", "newest_version", "read_jsonl", "read_newest",
+           "read_oldest", "read_prediction_log", "read_predictions", "read_store"]
 
 
 class PredictionStoreError(ValueError):
@@ -78,6 +87,111 @@ def read_predictions(path: Path) -> tuple[list[dict[str, Any]], bool, list[int]]
     return records, truncated, broken
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One segment of the store: its record file, when it started, which version wrote it, and
+    when it was last written (its newest record is no newer)."""
+
+    log: Path
+    start_ns: int
+    model_version: str
+    modified: float
+    size: int
+
+
+@dataclass
+class StoreRecords:
+    """Records read from segments, by time, and what was skipped: segments whose last line was
+    cut short (a writer died mid-line), earlier lines that are not JSON (`<file>:<line>`), and the
+    records writers counted as lost (not stored, e.g. on a full disk)."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    cut_short: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+    lost: int = 0
+
+    def add(self, segment: Segment) -> None:
+        lines = read_prediction_log(segment.log)
+        if lines.truncated_tail:
+            self.cut_short.append(segment.log.name)
+        self.broken += [f"{segment.log.name}:{number}" for number in lines.broken_lines]
+        for number, line in enumerate(lines, start=1):
+            if isinstance(line, dict) and LOST_FIELD in line and "sample" not in line:
+                self.lost += _lost_count(line, segment.log, number)
+            else:
+                _check_record(line, segment.log, number)
+                self.records.append(line)
+        self.records.sort(key=lambda record: record["time"])
+
+
+def list_segments(store_dir: str | Path) -> list[Segment]:
+    """The store's segments, oldest start first; none for a store nothing was written to yet."""
+    try:
+        entries = list(os.scandir(Path(store_dir) / SEGMENTS_DIR))
+    except FileNotFoundError:
+        return []
+    segments = []
+    for entry in entries:
+        match = SEGMENT_PATTERN.match(entry.name.removesuffix(".jsonl"))
+        if not entry.name.endswith(".jsonl") or match is None:
+            continue
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:  # pruned meanwhile
+            continue
+        segments.append(Segment(Path(entry.path), int(match.group(1)), match.group(3), stat.st_mtime, stat.st_size))
+    return sorted(segments, key=lambda segment: (segment.start_ns, segment.log.name))
+
+
+def newest_version(store_dir: str | Path) -> str | None:
+    """The model version of the most recently written segment (the serving champion's); a segment
+    still empty (opened, not yet written) does not count."""
+    segments = [segment for segment in list_segments(store_dir) if segment.size]
+    return max(segments, key=lambda segment: segment.modified).model_version if segments else None
+
+
+def read_store(store_dir: str | Path) -> StoreRecords:
+    """Every record of the store; for tests and small stores (the monitor reads a tail)."""
+    found = StoreRecords()
+    for segment in list_segments(store_dir):
+        found.add(segment)
+    return found
+
+
+def read_newest(store_dir: str | Path, count: int, version: str | None = None) -> StoreRecords:
+    """The newest `count` records (of `version`, if given), reading segments newest first and
+    stopping at the first segment last written before the oldest record kept."""
+    found = StoreRecords()
+    segments = [segment for segment in list_segments(store_dir) if version in (None, segment.model_version)]
+    for segment in sorted(segments, key=lambda segment: segment.modified, reverse=True):
+        if len(found.records) >= count and segment.modified < found.records[0]["time"]:
+            break
+        found.add(segment)
+        found.records = found.records[-count:] if count else []
+    return found
+
+
+def read_oldest(store_dir: str | Path, count: int, version: str) -> StoreRecords:
+    """The first `count` records of `version` (its baseline), reading its segments oldest first
+    and stopping at the first segment started after the newest record kept."""
+    found = StoreRecords()
+    for segment in list_segments(store_dir):
+        if segment.model_version != version:
+            continue
+        if len(found.records) >= count and segment.start_ns / 1e9 > found.records[-1]["time"]:
+            break
+        found.add(segment)
+        found.records = found.records[:count]
+    return found
+
+
+def _lost_count(line: dict, path: Path, number: int) -> int:
+    lost = line[LOST_FIELD]
+    if isinstance(lost, bool) or not isinstance(lost, int) or lost < 0:
+        raise PredictionLogError(f"{path}:{number}: {LOST_FIELD!r} must be an int >= 0, got {lost!r}")
+    return lost
+
+
 def read_jsonl(path: Path, what: str) -> tuple[list[Any], bool, list[int]]:
     """The JSON values of a log's complete lines (see read_prediction_log); `what` names the log
     in errors."""
@@ -111,7 +225,7 @@ def load_samples(store_dir: str | Path, refs: list[str]) -> np.ndarray:
         shard, _, index = ref.partition("#")
         match = SHARD_PATTERN.match(shard)
         if match is None or not index.isdigit():
-            raise PredictionStoreError(f"bad sample reference {ref!r}; expected samples/<shard>.<H>x<W>.f32#<index>")
+            raise PredictionStoreError(f"bad sample reference {ref!r}; expected segments/<stem>.<H>x<W>.f32#<index>")
         if shard not in shards:
             shards[shard] = _read_shard(store_dir / shard, int(match.group(1)), int(match.group(2)))
         if int(index) >= len(shards[shard]):

@@ -20,7 +20,7 @@ def monitor_op(
     """Decide whether the champion's yield calls for retraining; returns that decision.
 
     Args:
-        store_dir: prediction store root holding predictions.jsonl (and feedback.jsonl if any).
+        store_dir: prediction store root holding its segments (and feedback.jsonl if any).
         recent_window: number of newest predictions that form the window.
         yield_threshold: retrain when yield falls below it (if use_yield_threshold).
         use_yield_threshold: False applies the baseline rule instead of the fixed threshold.

@@ -19,11 +19,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ctloop import alerts, slack
 from ctloop.config import TRIGGERS
 from ctloop.estimate import atc_estimate
 from ctloop.images import write_atomic
 from ctloop.wire import FEEDBACK_NAME
-from serving.store import LOG_NAME, PredictionLogError, read_jsonl, read_predictions
+from serving.store import PredictionLogError, newest_version, read_jsonl, read_newest, read_oldest
 
 __all__ = ["MonitorResult", "PredictionLogError", "check_store_yield", "check_yield"]
 
@@ -52,6 +53,8 @@ class MonitorResult:
         audited: the window's predictions with ground-truth feedback (audited parts).
         audited_accuracy: the champion's accuracy on those, the truth to hold the estimate
             against; None without any.
+        lost_records: predictions answered while the store could not take them (a full disk),
+            counted by the writers of the segments read; the monitor alerts on any.
     """
 
     retrain: bool
@@ -67,6 +70,7 @@ class MonitorResult:
     estimated_accuracy: float | None = None
     audited: int = 0
     audited_accuracy: float | None = None
+    lost_records: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +85,8 @@ class MonitorResult:
         if self.audited_accuracy is not None:
             figures["audited_accuracy"] = self.audited_accuracy
             figures["audited"] = float(self.audited)
+        if self.lost_records:
+            figures["lost_records"] = float(self.lost_records)
         return figures
 
 
@@ -104,7 +110,7 @@ def check_store_yield(
     has no ground truth yet, which is not an error.
 
     Args:
-        store_dir: the prediction store root holding predictions.jsonl (and feedback.jsonl if any).
+        store_dir: the prediction store root holding its segments (and feedback.jsonl if any).
         recent_window: how many of the champion's newest predictions form the window.
         yield_threshold: retrain when yield < this, if `use_yield_threshold`.
         use_yield_threshold: False ignores `yield_threshold` and applies the baseline rule.
@@ -123,17 +129,28 @@ def check_store_yield(
     store_dir = Path(store_dir)
     feedback = store_dir / FEEDBACK_NAME
     result = check_yield(
-        store_dir / LOG_NAME, recent_window, yield_threshold if use_yield_threshold else None,
+        store_dir, recent_window, yield_threshold if use_yield_threshold else None,
         yield_drop_tolerance, yield_floor, confidence,
         feedback_log=feedback if feedback.exists() else None, window_out=Path(window_out), trigger=trigger,
     )
     write_atomic(Path(decision_out), json.dumps(result.to_dict()).encode("utf-8"))
     print(result.reason)
+    if result.lost_records:
+        alerts.deliver(store_losing_records(result.lost_records, result.model_version))
     return result
 
 
+def store_losing_records(lost: int, version: str) -> slack.Message:
+    """Serving goes on when the store cannot take records, so the monitor is where it shows."""
+    text = (f"{lost} prediction(s) by champion v{slack.escape(version)} were answered but not stored: the "
+            "prediction store's disk was full or failing. Retraining sees only what was stored; free space "
+            "or lower the retention (README: the prediction store).")
+    return slack.message(f"Prediction store losing records: {lost}", [slack.header("Prediction store losing records"),
+                                                                       slack.section(text)], None)
+
+
 def check_yield(
-    prediction_log: Path,
+    store_dir: Path,
     recent_window: int,
     yield_threshold: float | None,
     yield_drop_tolerance: float,
@@ -146,7 +163,8 @@ def check_yield(
     """Decide whether the champion's recent yield calls for retraining.
 
     Args:
-        prediction_log: the store's predictions.jsonl.
+        store_dir: the prediction store (serving/store.py reads its newest segments, and for the
+            baseline the version's first ones).
         recent_window: how many of the champion's newest predictions form the window.
         yield_threshold: retrain when yield < this; None: compare with the champion's baseline.
         yield_drop_tolerance: with no threshold, retrain when yield < baseline - this ...
@@ -161,36 +179,36 @@ def check_yield(
         The decision and its figures.
 
     Raises:
-        PredictionLogError: the log is missing, empty or holds a malformed record; the message
+        PredictionLogError: the store holds no prediction, or a malformed record; the message
             names the file and line.
         ValueError: a parameter is out of range.
     """
     _check_parameters(recent_window, yield_threshold, yield_drop_tolerance, yield_floor, confidence)
     if trigger not in TRIGGERS:
         raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, got {trigger!r}")
-    records, truncated, broken = read_predictions(prediction_log)
-    if not records:
+    version = newest_version(store_dir)
+    recent = read_newest(store_dir, recent_window, version) if version is not None else None
+    if recent is None or not recent.records:
         raise PredictionLogError(
-            f"{prediction_log}: no complete prediction in the log; serve some traffic through the "
+            f"{store_dir}: no complete prediction in the store; serve some traffic through the "
             "champion before monitoring"
         )
-    version = records[-1]["model_version"]
-    ours = [record for record in records if record["model_version"] == version]
-    window = ours[-recent_window:]
-    baseline_window = ours[:recent_window]
+    window = recent.records
+    truncated, broken = bool(recent.cut_short), recent.broken
+    full = len(window) == recent_window
+    baseline_window = read_oldest(store_dir, recent_window, version).records if yield_threshold is None and full else []
     feedback = _read_feedback(feedback_log) if feedback_log is not None else {}
     if window_out is not None:
         _write_window(window_out, window, feedback)
 
-    full = len(window) == recent_window
-    needed = window + (baseline_window if yield_threshold is None and full else [])
+    needed = window + baseline_window
     covered = bool(feedback) and all(_key(record) in feedback for record in needed)
     estimable = _atc_threshold(needed) is not None
     mode: Mode = "accuracy" if covered else "estimated_accuracy" if trigger != "yield" and estimable else "confidence"
     value = _yield(window, mode, confidence, feedback)
     measure = _describe(mode, confidence, len(window), version)
     estimated = _estimated_accuracy(window)
-    notes = _skipped_note(truncated, broken)
+    notes = _skipped_note(truncated, broken) + _lost_note(recent.lost)
     if mode == "confidence" and trigger != "yield":
         notes += "; trigger estimated_accuracy, but the records carry no ATC threshold: confidence yield used"
     if estimated is not None and mode != "estimated_accuracy":
@@ -199,7 +217,8 @@ def check_yield(
     audited_accuracy = _yield(audited, "accuracy", confidence, feedback) if audited else None
     if audited_accuracy is not None and mode != "accuracy":
         notes += f"; accuracy on the {len(audited)} audited parts {audited_accuracy:.3f}"
-    figures = dict(estimated_accuracy=estimated, audited=len(audited), audited_accuracy=audited_accuracy)
+    figures = dict(estimated_accuracy=estimated, audited=len(audited), audited_accuracy=audited_accuracy,
+                   lost_records=recent.lost)
 
     if not full:
         return MonitorResult(
@@ -247,12 +266,16 @@ def _estimated_accuracy(window: Sequence[dict[str, Any]]) -> float | None:
     return atc_estimate(np.array([record["confidence"] for record in window]), threshold)
 
 
-def _skipped_note(truncated: bool, broken: list[int]) -> str:
-    notes = ["the log's last line was cut short and skipped"] if truncated else []
+def _skipped_note(truncated: bool, broken: list[str]) -> str:
+    notes = ["a segment's last line was cut short and skipped"] if truncated else []
     if broken:
-        shown = ", ".join(str(number) for number in broken[:5]) + (", ..." if len(broken) > 5 else "")
-        notes.append(f"{len(broken)} interrupted record(s) skipped (lines {shown})")
+        shown = ", ".join(broken[:5]) + (", ..." if len(broken) > 5 else "")
+        notes.append(f"{len(broken)} interrupted record(s) skipped ({shown})")
     return "".join(f"; {note}" for note in notes)
+
+
+def _lost_note(lost: int) -> str:
+    return f"; {lost} prediction(s) answered but not stored (the store's disk was full or failing)" if lost else ""
 
 
 def _read_feedback(path: Path) -> dict[tuple[str, int], int]:

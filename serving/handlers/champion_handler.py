@@ -22,11 +22,13 @@ import json
 import os
 import re
 import warnings
+from dataclasses import fields
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ctloop_handler_base import CtloopHandler, Outcome, PredictionLog, RequestError, setting
+from ctloop_handler_base import CtloopHandler, Outcome, RequestError, setting
+from prediction_log import PredictionLog, StoreLimits
 
 from ctloop.wire import CANARY_HEADER, NPY_MAGIC, REQUEST_ID_HEADER, VERSION_HEADER
 
@@ -46,9 +48,10 @@ class ChampionHandler(CtloopHandler):
         self.max_pixels = setting(config, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
         self.max_json_bytes = setting(config, "max_json_bytes", DEFAULT_MAX_JSON_BYTES)
         store_dir = os.environ.get("CTLOOP_STORE_DIR")
+        limits = StoreLimits(*(setting(config, field.name, field.default) for field in fields(StoreLimits)))
         self.log = (
             PredictionLog(store_dir, self.model_name, self.model_version, self.image_size,
-                          self.card.get("atc_threshold")) if store_dir else None
+                          self.card.get("atc_threshold"), limits) if store_dir else None
         )
 
     def decode(self, body: object) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -104,21 +103,6 @@ def request_body(request: dict) -> object:
     if len(request) != 1:
         raise RequestError(f"expected one body or one form field, got fields {sorted(request)}")
     return next(iter(request.values()))
-
-
-def write_whole(fd: int, data: bytes) -> None:
-    """One os.write on an O_APPEND fd: readers see the whole record or none of it. A short write
-    (disk full) is an error, not something to continue after."""
-    written = os.write(fd, data)
-    if written != len(data):
-        raise OSError(f"short write to the prediction store: {written} of {len(data)} bytes")
-
-
-def _line_start(fd: int) -> bytes:
-    """A newline if the log does not end with one: a writer that died mid-line left a fragment,
-    and our records must not be glued onto it (the reader skips the fragment and reports it)."""
-    size = os.fstat(fd).st_size
-    return b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
 
 
 def error_body(message: str) -> str:
@@ -214,48 +198,3 @@ class CtloopHandler(BaseHandler):
             if isinstance(value, str) and key.lower() == name.lower():
                 return value
         return None
-
-
-class PredictionLog:
-    """Append-only prediction log and per-worker sample shard under a store directory.
-
-    Layout (ctloop.wire, read by serving/store.py): `<store>/predictions.jsonl`, one JSON object
-    per line, shared by all workers; `<store>/samples/<shard>.<H>x<W>.f32`, raw float32 records
-    of H*W values, one file per worker process. Each append is a single os.write on an O_APPEND fd, so
-    concurrent workers never interleave partial lines, and a sample is written before the line
-    that references it.
-    """
-
-    def __init__(self, store_dir: str, model_name: str, model_version: str, size: tuple[int, int],
-                 atc_threshold: float | None = None) -> None:
-        self.store_dir = store_dir
-        self.model_name, self.model_version = model_name, model_version
-        self.atc_threshold = atc_threshold
-        self.shard_ref = wire.shard_name(model_name, model_version, f"{os.getpid()}-{time.time_ns()}", size)
-        self.sample_fd: int | None = None
-        self.log_fd: int | None = None
-        self.count = 0
-
-    def _open(self) -> None:
-        """Opened at the first prediction, so workers that never answer leave no empty shard."""
-        os.makedirs(os.path.join(self.store_dir, wire.SAMPLES_DIR), exist_ok=True)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-        self.sample_fd = os.open(os.path.join(self.store_dir, self.shard_ref), flags | os.O_EXCL, 0o644)
-        # Read access too: append() looks at the last byte to close a line a dead writer cut short.
-        self.log_fd = os.open(os.path.join(self.store_dir, wire.LOG_NAME),
-                              os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def append(self, request_id: str, server_id: str, images: np.ndarray, labels: list[int],
-               names: list[str], confidences: list[float]) -> None:
-        if self.sample_fd is None:
-            self._open()
-        write_whole(self.sample_fd, np.ascontiguousarray(images, dtype=np.float32).tobytes())
-        now = time.time()
-        lines = []
-        for item, (label, name, confidence) in enumerate(zip(labels, names, confidences)):
-            record = wire.prediction_record(request_id, server_id, now, self.model_name, self.model_version, item,
-                                            label, name, confidence, f"{self.shard_ref}#{self.count + item}",
-                                            self.atc_threshold)
-            lines.append(json.dumps(record) + "\n")
-        self.count += len(labels)
-        write_whole(self.log_fd, _line_start(self.log_fd) + "".join(lines).encode("utf-8"))

@@ -49,10 +49,10 @@ def check_invariants(stack: LocalStack, golden_set: Path, answered: int, cut_sho
 
 
 def _check_prediction_log(store_dir: Path, answered: int, cut_short_tail: bool) -> None:
-    log = store_dir / store.LOG_NAME
-    records = store.read_prediction_log(log) if log.exists() else store.PredictionRecords([], False, [])
-    assert records.truncated_tail == cut_short_tail
-    assert records.broken_lines == [], f"broken lines in the prediction log: {records.broken_lines}"
+    found = store.read_store(store_dir)
+    records = found.records
+    assert bool(found.cut_short) == cut_short_tail
+    assert found.broken == [], f"broken lines in the prediction store: {found.broken}"
     assert len(records) == answered, f"{len(records)} logged predictions for {answered} answered requests"
     keys = Counter((record["server_id"], record["item"]) for record in records)
     assert not [key for key, count in keys.items() if count > 1], "a prediction was logged twice"

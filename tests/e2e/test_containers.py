@@ -43,7 +43,7 @@ from image_support import IMAGES
 from kubeflow_pipeline.pipeline import build_pipeline
 from serving.archive import build_archive
 from serving.client import TorchServeClient
-from serving.store import read_prediction_log
+from serving.store import read_store
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOW = 150
@@ -188,7 +188,7 @@ def test_drift_retrains_in_the_images_and_the_served_champion_answers_from_v2(
     assert texts[0].startswith("Retraining started: champion v1 yield") and texts[-1] == "Deployed champion v2 (was v1)"
 
     # The champion handler in the container keeps logging to the mounted prediction store.
-    records = read_prediction_log(cstack.store_dir / "predictions.jsonl")
+    records = read_store(cstack.store_dir).records
     assert len(records) >= answered + 1
 
     # Killed (SIGKILL, as the OOM killer does) and replaced by a new container on the same volumes,

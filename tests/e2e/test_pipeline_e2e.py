@@ -8,17 +8,18 @@ runs one continuous-training cycle.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from ctloop import registry
+from ctloop import registry, wire
 from ctloop.config import PipelineConfig
 from ctloop.images import ImageSet
 from ctloop_app.stack import REGISTERED_MODEL
 from pipeline_support import cycle, outbox, outbox_messages, versions
 from pipeline_support import play as _play
 from reliability_support import check_invariants
-from serving.store import read_prediction_log
+from serving.store import read_store
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -37,8 +38,8 @@ def test_drift_retrains_and_deploys_a_better_champion_despite_slack_500_and_a_cu
     champion, says so, and keeps every message and every prediction. (One deploy run for what were
     two tests: this one and the reliability suite's Slack-500-and-cut-short-line test.)"""
     answered = len(_play(stack, boot, drift=True, window=WINDOW))
-    with open(stack.store_dir / "predictions.jsonl", "a", encoding="utf-8") as log:
-        log.write('{"request_id": "part-cut", "time": 1700000000.5, "model_na')
+    dead = stack.store_dir / wire.segment_log(wire.segment_stem(time.time_ns(), "champion", "1", "dead-worker"))
+    dead.write_text('{"request_id": "part-cut", "time": 1700000000.5, "model_na')
     slack.statuses = [500] * 100
     monkeypatch.setenv("SLACK_WEBHOOK_URL", slack.url)
     run = cycle(stack, boot, tmp_path, SMALL)
@@ -64,7 +65,7 @@ def test_drift_retrains_and_deploys_a_better_champion_despite_slack_500_and_a_cu
     assert not any("not deployed" in text.lower() or "failed" in text.lower() for text in texts)
     assert {entry["reason"] for entry in kept} == {"Slack answered 500 'server_error' after 3 attempts"}
     assert [body["text"] for body in slack.bodies] == [texts[0]] * 3 + [texts[1]] * 3
-    assert "the log's last line was cut short and skipped" in json.dumps(kept[0]["message"]["blocks"])
+    assert "a segment's last line was cut short and skipped" in json.dumps(kept[0]["message"]["blocks"])
 
     # What serves: the new champion, in TorchServe and in MLflow.
     assert stack.client.default_version("champion") == "2"
@@ -75,9 +76,9 @@ def test_drift_retrains_and_deploys_a_better_champion_despite_slack_500_and_a_cu
     answered += 1  # that prediction was logged, the first since the cut line
 
     more = len(_play(stack, boot, drift=True, window=20))
-    records = read_prediction_log(stack.store_dir / "predictions.jsonl")
-    assert records.broken_lines == [answered] and not records.truncated_tail, "the fragment was closed"
-    assert len(records) == answered + more, "no prediction after the fragment was lost"
+    found = read_store(stack.store_dir)
+    assert found.cut_short == [dead.name] and not found.broken, "the fragment stays in the dead writer's segment"
+    assert len(found.records) == answered + more, "no prediction after the fragment was lost"
 
 
 def test_a_challenger_that_is_not_better_enough_is_not_deployed(stack, boot, tmp_path) -> None:

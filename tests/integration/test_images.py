@@ -23,7 +23,9 @@ import pytest
 import requests
 
 from image_support import IMAGES
+from ctloop import wire
 from kubeflow_pipeline.images import STAGES
+from serving import store
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING_ENTRYPOINT = ["/usr/bin/tini", "-g", "--", "/usr/local/bin/ctloop-serving-entrypoint"]
@@ -218,7 +220,6 @@ def test_serving_container_answers_like_in_process_and_logs_to_the_shared_store(
     b1, _ = load_model(served["models"]["b1"])
     assert branch["labels"] == predict_proba(b1, images).argmax(axis=1).tolist()
     client.close()
-    log = served["store"] / "predictions.jsonl"
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(records) == len(images)
-    assert log.stat().st_uid == 1000 and log.stat().st_gid == SHARED_GID
+    assert len(store.read_store(served["store"]).records) == len(images)
+    written = list((served["store"] / wire.SEGMENTS_DIR).iterdir())
+    assert written and all((path.stat().st_uid, path.stat().st_gid) == (1000, SHARED_GID) for path in written)

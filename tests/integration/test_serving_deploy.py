@@ -96,8 +96,9 @@ def test_deploy_under_load_drops_no_request_and_logs_every_prediction(serving, c
           + ", ".join(f"{step.name} {step.seconds:.2f}s" for step in record.steps))
 
     sent = {request_id: images for load in loads for request_id, images in load.sent.items()}
-    records = store.read_prediction_log(serving.server.store_dir / store.LOG_NAME)
-    assert not records.truncated_tail
+    found = store.read_store(serving.server.store_dir)
+    records = found.records
+    assert not found.cut_short
     assert len(records) == sum(len(images) for images in sent.values())
     assert {record["request_id"] for record in records} == set(sent)
     assert {record["model_version"] for record in records} == {"1", "2"}

@@ -11,8 +11,9 @@ import pytest
 import requests
 from PIL import Image
 
-from ctloop.wire import LOG_NAME, REQUEST_ID_HEADER, encode_batch
+from ctloop.wire import REQUEST_ID_HEADER, encode_batch
 from ctloop.modelfile import load_model, predict_proba
+from serving import store
 from serving.client import TorchServeError
 
 from hostile_support import deep_json, jpeg_claiming, long_number_json, npy_claiming, png_claiming
@@ -117,11 +118,10 @@ JSON = {"Content-Type": "application/json"}
 def test_hostile_requests_get_a_4xx_and_a_good_one_right_after_a_200(
     serving, random_images, body: bytes | None, headers: dict, status: int, message: str
 ) -> None:
-    before = serving.server.store_dir / LOG_NAME
-    logged = before.read_bytes() if before.exists() else b""
+    logged = store.read_store(serving.server.store_dir).records
     answer = post(serving, body if body is not None else encode_batch(random_images(1, 16)), headers=headers)
     assert answer.status_code == status and message in answer.json()["error"], answer.text
-    assert (before.read_bytes() if before.exists() else b"") == logged
+    assert store.read_store(serving.server.store_dir).records == logged
     assert serving.client.predict("champion", random_images(1, 14)).labels
 
 
@@ -144,17 +144,13 @@ def test_wrong_key_is_refused(serving) -> None:
 
 
 def test_a_client_request_id_names_the_logged_prediction(serving, random_images) -> None:
-    from serving import store
-
     answer = serving.client.predict("champion", random_images(2, 31), request_id="part-4711")
     assert answer.request_id == "part-4711"
-    records = store.read_prediction_log(serving.server.store_dir / store.LOG_NAME)
+    records = store.read_store(serving.server.store_dir).records
     assert [(record["request_id"], record["item"]) for record in records[-2:]] == [("part-4711", 0), ("part-4711", 1)]
 
 
 def test_without_a_client_id_the_answer_names_torchserves_id(serving, random_images) -> None:
-    from serving import store
-
     answer = serving.client.predict("champion", random_images(1, 32))
-    records = store.read_prediction_log(serving.server.store_dir / store.LOG_NAME)
+    records = store.read_store(serving.server.store_dir).records
     assert answer.request_id and records[-1]["request_id"] == answer.request_id

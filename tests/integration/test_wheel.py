@@ -121,7 +121,8 @@ def test_installed_package_reads_its_data_from_the_install(installed: Path, tmp_
     assert not any(module.startswith(str(ROOT)) for module in report["modules"])
     assert report["log_config"].startswith(prefix) and report["log_config_in_vmargs"] and report["token_auth"]
     assert report["archive"] == ["MAR-INF/MANIFEST.json", "champion_handler.py", "ctloop/__init__.py",
-                                 "ctloop/wire.py", "ctloop_handler_base.py", "model-config.yaml", "model.pt"]
+                                 "ctloop/wire.py", "ctloop_handler_base.py", "model-config.yaml", "model.pt",
+                                 "prediction_log.py"]
 
 
 def test_installed_cli_compiles_and_submits(installed: Path, tmp_path: Path) -> None:

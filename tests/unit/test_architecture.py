@@ -71,6 +71,7 @@ def test_every_archive_ships_the_wire_contract_beside_its_handler(model_files: d
     archive = build_archive(model_files["b1"], "b1", "4", tmp_path)
     with zipfile.ZipFile(archive) as mar:
         names = set(mar.namelist())
-        assert {"ctloop/wire.py", "ctloop/__init__.py", "ctloop_handler_base.py", "branch_handler.py"} <= names
+        assert {"ctloop/wire.py", "ctloop/__init__.py", "ctloop_handler_base.py", "prediction_log.py",
+                "branch_handler.py"} <= names
         assert mar.read("ctloop/wire.py") == Path(wire.__file__).read_bytes()
         assert b"import" not in mar.read("ctloop/__init__.py")  # only the wire contract, not the library

@@ -10,6 +10,7 @@ import pytest
 
 import components.collect
 from components.collect.logic import cap_per_class, collect_window
+from ctloop import wire
 from ctloop.collected import CollectedSet
 from components.monitor.logic import check_yield
 from ctloop.images import ImageDataError, ImageSet
@@ -57,7 +58,7 @@ def test_monitor_window_feeds_collect_with_feedback_labels(prediction_store, tmp
     feedback = tmp_path / "feedback.jsonl"
     feedback.write_text(json.dumps({"request_id": records[1]["request_id"], "label": 2}) + "\n")
     window = tmp_path / "window.jsonl"
-    check_yield(prediction_store.log_path, 5, 0.7, 0.05, 0.6, 0.9, feedback_log=feedback, window_out=window)
+    check_yield(prediction_store.root, 5, 0.7, 0.05, 0.6, 0.9, feedback_log=feedback, window_out=window)
     summary = collect_window(window, prediction_store.root, tmp_path / "c.npz", None, CLASSES)
     assert summary.labelled_new == 1
     assert CollectedSet.load(tmp_path / "c.npz").labels.tolist() == [-1, 2, -1, -1, -1]
@@ -121,20 +122,23 @@ def test_a_client_id_used_twice_keeps_both_records_apart(prediction_store, tmp_p
 
 def test_missing_sample_file_names_the_ref(prediction_store, tmp_path):
     records = prediction_store.log_many([0.5] * 2)
-    records[1] = {**records[1], "sample": "samples/gone.8x8.f32#0"}
+    records[1] = {**records[1], "sample": "segments/gone.8x8.f32#0"}
     window = write_window(tmp_path / "window.jsonl", records)
-    with pytest.raises(ImageDataError, match=rf"^sample 'samples/gone.8x8.f32#0': {prediction_store.root}/samples/gone.8x8.f32 "
+    with pytest.raises(ImageDataError, match=rf"^sample 'segments/gone.8x8.f32#0': {prediction_store.root}/segments/gone.8x8.f32 "
                                              "does not exist$"):
         collect_window(window, prediction_store.root, tmp_path / "c.npz", None, CLASSES)
     assert not (tmp_path / "c.npz").exists()
 
 
+SHARD = wire.segment_samples(wire.segment_stem(1_700_000_000 * 10**9 + 1, "champion", "1", "test-1"), (8, 8))
+
+
 @pytest.mark.parametrize(
     ("ref", "message"),
     [
-        ("../etc/passwd", "bad sample reference '../etc/passwd'; expected samples/<shard>.<H>x<W>.f32#<index>"),
-        ("samples/champion-v1-1.8x8.f32#x", "bad sample reference 'samples/champion-v1-1.8x8.f32#x'"),
-        ("samples/champion-v1-1.8x8.f32#99", "sample 'samples/champion-v1-1.8x8.f32#99' is beyond the end"),
+        ("../etc/passwd", "bad sample reference '../etc/passwd'; expected segments/<stem>.<H>x<W>.f32#<index>"),
+        (f"{SHARD}#x", f"bad sample reference '{SHARD}#x'"),
+        (f"{SHARD}#99", f"sample '{SHARD}#99' is beyond the end"),
     ],
 )
 def test_bad_refs_name_the_ref(prediction_store, tmp_path, ref, message):

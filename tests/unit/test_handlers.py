@@ -146,7 +146,7 @@ def test_a_malformed_request_id_is_refused_and_not_logged(
     assert (status, good_status) == (400, 200)
     assert "X-Ctloop-Request-ID must be 1-128 characters of A-Z a-z 0-9 . _ : -" in answer["error"]
     assert len(answer["error"]) < 200
-    records = store.read_prediction_log(tmp_path / "store" / store.LOG_NAME)
+    records = store.read_store(tmp_path / "store").records
     assert [(record["request_id"], record["server_id"]) for record in records] == [("line-2:part-0042", "req-1")]
 
 
@@ -182,7 +182,7 @@ def test_champion_logs_predictions_but_not_canaries(
                               headers=[{}, {"x-ctloop-canary": "1"}])
     images = random_images(2, 3)
     run(handler, context, [encode_batch(images), encode_batch(images)])
-    records = store.read_prediction_log(tmp_path / "store" / store.LOG_NAME)
+    records = store.read_store(tmp_path / "store").records
     assert [(record["request_id"], record["item"], record["model_version"]) for record in records] == [
         ("req-0", 0, "7"), ("req-0", 1, "7")]
     assert np.array_equal(store.load_samples(tmp_path / "store", [r["sample"] for r in records]), images)
@@ -192,7 +192,7 @@ def test_champion_logs_predictions_but_not_canaries(
 
 
 def test_store_reports_a_truncated_last_line(tmp_path: Path) -> None:
-    log = tmp_path / store.LOG_NAME
+    log = tmp_path / "segment.jsonl"
     log.write_text('{"label": 1}\n{"label": 2}\n{"lab')
     records = store.read_prediction_log(log)
     assert records == [{"label": 1}, {"label": 2}] and records.truncated_tail
@@ -207,21 +207,22 @@ def test_the_handlers_records_pass_the_readers_schema_check(
     monkeypatch.setenv("CTLOOP_STORE_DIR", str(tmp_path / "store"))
     handler, context = loaded(ChampionHandler, model_files["champion"], tmp_path, "champion")
     run(handler, context, [encode_batch(random_images(3, 9))])
-    records, truncated, broken = store.read_predictions(tmp_path / "store" / wire.LOG_NAME)
-    assert len(records) == 3 and not truncated and not broken
-    assert all(wire.record_problem(record) is None for record in records)
-    assert store.load_samples(tmp_path / "store", [r["sample"] for r in records]).shape == (3, 8, 8)
+    found = store.read_store(tmp_path / "store")  # checks every record
+    assert len(found.records) == 3 and not found.cut_short and not found.broken
+    assert all(wire.record_problem(record) is None for record in found.records)
+    assert store.load_samples(tmp_path / "store", [r["sample"] for r in found.records]).shape == (3, 8, 8)
 
 
-def test_a_fragment_left_by_a_dead_writer_does_not_swallow_the_next_records(
+def test_a_dead_writers_fragment_stays_in_its_own_segment(
     model_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, random_images
 ) -> None:
-    log = tmp_path / "store" / store.LOG_NAME
-    log.parent.mkdir()
-    log.write_text('{"request_id": "dead-worker", "ti')
+    dead = tmp_path / "store" / wire.segment_log(wire.segment_stem(1, "champion", "7", "dead-worker"))
+    dead.parent.mkdir(parents=True)
+    dead.write_text('{"request_id": "dead-worker", "ti')
     monkeypatch.setenv("CTLOOP_STORE_DIR", str(tmp_path / "store"))
     handler, context = loaded(ChampionHandler, model_files["champion"], tmp_path, "champion")
     run(handler, context, [encode_batch(random_images(2, 4))])
-    records = store.read_prediction_log(log)
-    assert [record["item"] for record in records] == [0, 1]
-    assert records.broken_lines == [1] and not records.truncated_tail
+    found = store.read_store(tmp_path / "store")
+    assert [record["item"] for record in found.records] == [0, 1]
+    assert found.cut_short == [dead.name] and not found.broken
+    assert dead.read_text() == '{"request_id": "dead-worker", "ti'  # no one else appends to a segment

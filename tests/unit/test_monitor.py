@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 import components.monitor
+from ctloop import wire
 from components.monitor.logic import MonitorResult, PredictionLogError, check_store_yield, check_yield
 
 DEFAULTS = dict(recent_window=10, yield_threshold=0.7, yield_drop_tolerance=0.05, yield_floor=0.6, confidence=0.9)
 
 
-def run(log: Path, **overrides):
-    return check_yield(log, **{**DEFAULTS, **overrides})
+def run(store_dir: Path, **overrides):
+    return check_yield(store_dir, **{**DEFAULTS, **overrides})
 
 
 def test_public_names():
@@ -29,7 +31,7 @@ def test_public_names():
 def test_fixed_threshold_counts_confident_share_of_the_newest_window(prediction_store, confident, retrain):
     prediction_store.log_many([0.1] * 5)  # older predictions, outside the window
     prediction_store.log_many([0.95] * confident + [0.5] * (10 - confident))
-    result = run(prediction_store.log_path)
+    result = run(prediction_store.root)
     assert result.retrain is retrain
     assert result.yield_value == pytest.approx(confident / 10)
     assert (result.threshold_used, result.baseline, result.mode) == (0.7, None, "confidence")
@@ -43,14 +45,14 @@ def test_fixed_threshold_counts_confident_share_of_the_newest_window(prediction_
 
 def test_confidence_equal_to_the_bar_counts(prediction_store):
     prediction_store.log_many([0.9] * 10)
-    assert run(prediction_store.log_path).yield_value == 1.0
+    assert run(prediction_store.root).yield_value == 1.0
 
 
 def test_baseline_rule_compares_with_the_champions_first_window(prediction_store):
     prediction_store.log_many([0.1] * 10, version="1")  # the previous champion: not this one's baseline
     prediction_store.log_many([0.95] * 9 + [0.1], version="2")  # baseline 0.9
     prediction_store.log_many([0.95] * 8 + [0.1] * 2, version="2")  # recent 0.8 < 0.85
-    result = run(prediction_store.log_path, yield_threshold=None)
+    result = run(prediction_store.root, yield_threshold=None)
     assert result.retrain is True
     assert (result.yield_value, result.baseline, result.model_version) == (0.8, 0.9, "2")
     assert result.threshold_used == pytest.approx(0.85)
@@ -60,13 +62,13 @@ def test_baseline_rule_compares_with_the_champions_first_window(prediction_store
 def test_baseline_rule_within_tolerance_does_not_retrain(prediction_store):
     prediction_store.log_many([0.95] * 9 + [0.1])  # baseline 0.9
     prediction_store.log_many([0.95] * 9 + [0.1])  # recent 0.9
-    result = run(prediction_store.log_path, yield_threshold=None)
+    result = run(prediction_store.root, yield_threshold=None)
     assert (result.retrain, result.baseline) == (False, 0.9)
 
 
 def test_floor_wins_over_a_low_baseline(prediction_store):
     prediction_store.log_many([0.95] * 5 + [0.1] * 5)  # baseline 0.5; 0.5 - 0.05 < floor 0.6
-    result = run(prediction_store.log_path, yield_threshold=None)
+    result = run(prediction_store.root, yield_threshold=None)
     assert result.threshold_used == 0.6
     assert result.retrain is True  # the window is the baseline window here: 0.5 < 0.6
 
@@ -74,7 +76,7 @@ def test_floor_wins_over_a_low_baseline(prediction_store):
 def test_window_holds_only_the_current_champions_predictions(prediction_store):
     prediction_store.log_many([0.1] * 20, version="1")
     prediction_store.log_many([0.95] * 4, version="2")
-    result = run(prediction_store.log_path)
+    result = run(prediction_store.root)
     assert result.retrain is False
     assert (result.window_size, result.yield_value, result.model_version) == (4, 1.0, "2")
     assert result.reason.startswith("only 4 of 10 predictions by model version 2 so far (yield 1.000")
@@ -82,14 +84,14 @@ def test_window_holds_only_the_current_champions_predictions(prediction_store):
 
 def test_too_few_predictions_never_retrain(prediction_store):
     prediction_store.log_many([0.1] * 3)
-    result = run(prediction_store.log_path, yield_threshold=None)
+    result = run(prediction_store.root, yield_threshold=None)
     assert (result.retrain, result.baseline, result.threshold_used) == (False, None, None)
     assert "only 3 of 10 predictions" in result.reason
 
 
 def test_window_of_one_class_is_fine(prediction_store):
     prediction_store.log_many([0.95] * 10, label=2)
-    assert run(prediction_store.log_path).retrain is False
+    assert run(prediction_store.root).retrain is False
 
 
 def test_accuracy_mode_when_feedback_covers_the_window(prediction_store, tmp_path):
@@ -98,7 +100,7 @@ def test_accuracy_mode_when_feedback_covers_the_window(prediction_store, tmp_pat
     truth = [1] * 6 + [0] * 4  # confident, but 4 wrong
     feedback.write_text("".join(json.dumps({"request_id": r["request_id"], "label": t}) + "\n"
                                 for r, t in zip(records, truth)))
-    result = run(prediction_store.log_path, feedback_log=feedback)
+    result = run(prediction_store.root, feedback_log=feedback)
     assert (result.mode, result.yield_value, result.retrain) == ("accuracy", 0.6, True)
     assert "accuracy against feedback over the last 10 predictions" in result.reason
 
@@ -107,7 +109,7 @@ def test_partial_feedback_falls_back_to_confidence(prediction_store, tmp_path):
     records = prediction_store.log_many([0.99] * 10, label=1)
     feedback = tmp_path / "feedback.jsonl"
     feedback.write_text(json.dumps({"request_id": records[0]["request_id"], "label": 0}) + "\n")
-    result = run(prediction_store.log_path, feedback_log=feedback)
+    result = run(prediction_store.root, feedback_log=feedback)
     assert (result.mode, result.yield_value) == ("confidence", 1.0)
 
 
@@ -117,7 +119,7 @@ def test_feedback_is_matched_per_item_of_a_batch_request(prediction_store, tmp_p
     feedback = tmp_path / "feedback.jsonl"
     feedback.write_text("".join(json.dumps({"request_id": "batch", "item": i, "label": i % 2}) + "\n"
                                 for i in range(10)))
-    result = run(prediction_store.log_path, feedback_log=feedback)
+    result = run(prediction_store.root, feedback_log=feedback)
     assert (result.mode, result.yield_value) == ("accuracy", 0.5)
 
 
@@ -127,7 +129,7 @@ def test_window_out_holds_the_window_with_feedback_labels(prediction_store, tmp_
     feedback = tmp_path / "feedback.jsonl"
     feedback.write_text(json.dumps({"request_id": records[-1]["request_id"], "label": 2}) + "\n")
     out = tmp_path / "out" / "window.jsonl"
-    run(prediction_store.log_path, feedback_log=feedback, window_out=out)
+    run(prediction_store.root, feedback_log=feedback, window_out=out)
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [w["request_id"] for w in written] == [r["request_id"] for r in records]
     assert written[-1]["feedback_label"] == 2
@@ -138,20 +140,19 @@ def test_window_out_holds_the_window_with_feedback_labels(prediction_store, tmp_
 def test_truncated_last_line_is_skipped_and_reported(prediction_store):
     prediction_store.log_many([0.95] * 10)
     prediction_store.raw('{"request_id": "req-x", "time": 17000')
-    result = run(prediction_store.log_path)
+    result = run(prediction_store.root)
     assert (result.truncated_tail, result.window_size, result.yield_value) == (True, 10, 1.0)
-    assert result.reason.endswith("; the log's last line was cut short and skipped.")
+    assert result.reason.endswith("; a segment's last line was cut short and skipped.")
 
 
 def test_interrupted_record_in_the_middle_is_skipped_and_reported(prediction_store):
-    """A writer that died mid-line leaves a fragment, which the next writer closes: losing that
-    one prediction must not stop every later monitor run."""
+    """A line that is not JSON costs that one prediction, not every later monitor run."""
     prediction_store.log_many([0.95] * 2)
     prediction_store.raw('{"request_id": "req-x", "time": 17000\n')
     prediction_store.log_many([0.95] * 2)
-    result = run(prediction_store.log_path)
+    result = run(prediction_store.root)
     assert (result.broken_lines, result.window_size, result.truncated_tail) == (1, 4, False)
-    assert result.reason.endswith("; 1 interrupted record(s) skipped (lines 3).")
+    assert result.reason.endswith(f"; 1 interrupted record(s) skipped ({prediction_store.log_path.name}:3).")
 
 
 @pytest.mark.parametrize(
@@ -173,20 +174,44 @@ def test_malformed_record_names_file_and_line(prediction_store, line, message):
     prediction_store.log(0.95)
     prediction_store.raw(line + "\n")
     with pytest.raises(PredictionLogError, match=rf"^{prediction_store.log_path}:2: {message}"):
-        run(prediction_store.log_path)
+        run(prediction_store.root)
 
 
-def test_missing_log_is_an_error_naming_the_file(tmp_path):
-    with pytest.raises(PredictionLogError, match=rf"^prediction log {tmp_path}/nope.jsonl does not exist$"):
-        run(tmp_path / "nope.jsonl")
+def test_a_store_without_segments_is_an_error_naming_it(tmp_path):
+    with pytest.raises(PredictionLogError, match=rf"^{tmp_path}/nope: no complete prediction in the store"):
+        run(tmp_path / "nope")
 
 
 @pytest.mark.parametrize("content", ["", '{"request_id": "cut'])
-def test_empty_log_is_an_error_naming_the_file(tmp_path, content):
-    log = tmp_path / "predictions.jsonl"
-    log.write_text(content)
-    with pytest.raises(PredictionLogError, match=rf"^{log}: no complete prediction in the log"):
-        run(log)
+def test_an_empty_segment_is_an_error_naming_the_store(prediction_store, content):
+    prediction_store.raw(content)
+    with pytest.raises(PredictionLogError, match=rf"^{prediction_store.root}: no complete prediction in the store"):
+        run(prediction_store.root)
+
+
+def test_the_window_is_read_from_the_newest_segments_only(prediction_store):
+    """Memory follows the window: segments last written before the window's oldest record are
+    never opened (here, one that would not even parse)."""
+    old = prediction_store.root / wire.segment_log(wire.segment_stem(1, "champion", "2", "old-writer"))
+    old.write_text("not json at all\n")
+    os.utime(old, (1_600_000_000, 1_600_000_000))
+    prediction_store.log_many([0.95] * 10, version="2")
+    result = run(prediction_store.root)
+    assert (result.model_version, result.window_size, result.broken_lines) == ("2", 10, 0)
+    assert run(prediction_store.root, recent_window=11).broken_lines == 1  # one more: the old segment is read
+
+
+def test_records_the_writers_could_not_store_are_reported_and_alerted(prediction_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("CTLOOP_SLACK_OUTBOX", str(tmp_path / "outbox.jsonl"))
+    monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
+    prediction_store.log_many([0.95] * 5)
+    prediction_store.raw(json.dumps({"lost": 7, "time": 1_700_000_005.5, "since": 1_700_000_005.1}) + "\n")
+    prediction_store.log_many([0.95] * 5)
+    result = check_store(prediction_store, tmp_path)
+    assert (result.lost_records, result.window_size) == (7, 10)
+    assert "7 prediction(s) answered but not stored" in result.reason
+    [alert] = [json.loads(line) for line in (tmp_path / "outbox.jsonl").read_text().splitlines()]
+    assert "Prediction store losing records: 7" in json.dumps(alert)
 
 
 @pytest.mark.parametrize(
@@ -204,14 +229,14 @@ def test_malformed_feedback_names_file_and_line(prediction_store, tmp_path, line
     feedback = tmp_path / "feedback.jsonl"
     feedback.write_text(json.dumps({"request_id": "req-2", "label": 0}) + "\n" + line + "\n")
     with pytest.raises(PredictionLogError, match=rf'^{feedback}:2: expected {{"request_id": str') as caught:
-        run(prediction_store.log_path, feedback_log=feedback)
+        run(prediction_store.root, feedback_log=feedback)
     assert shown in str(caught.value)
 
 
 def test_missing_feedback_file_is_an_error(prediction_store, tmp_path):
     prediction_store.log_many([0.95] * 10)
     with pytest.raises(PredictionLogError, match="^feedback log .*/fb.jsonl does not exist$"):
-        run(prediction_store.log_path, feedback_log=tmp_path / "fb.jsonl")
+        run(prediction_store.root, feedback_log=tmp_path / "fb.jsonl")
 
 
 @pytest.mark.parametrize(
@@ -225,12 +250,12 @@ def test_missing_feedback_file_is_an_error(prediction_store, tmp_path):
 def test_parameters_out_of_range(prediction_store, overrides, message):
     prediction_store.log_many([0.95] * 10)
     with pytest.raises(ValueError, match=f"^{message}$"):
-        run(prediction_store.log_path, **overrides)
+        run(prediction_store.root, **overrides)
 
 
 def test_result_to_dict(prediction_store):
     prediction_store.log_many([0.95] * 10)
-    data = run(prediction_store.log_path).to_dict()
+    data = run(prediction_store.root).to_dict()
     assert data["retrain"] is False and data["mode"] == "confidence" and data["baseline"] is None
     json.dumps(data)
 
@@ -275,16 +300,16 @@ def test_store_check_uses_the_stores_feedback_when_there_is_some(prediction_stor
 
 
 def test_store_check_of_an_empty_store_names_the_log(tmp_path):
-    with pytest.raises(PredictionLogError, match="predictions.jsonl"):
+    with pytest.raises(PredictionLogError, match="no complete prediction in the store"):
         check_store_yield(tmp_path / "store", 10, 0.7, True, 0.05, 0.6, 0.9, tmp_path / "w.jsonl", tmp_path / "d.json")
     assert not (tmp_path / "d.json").exists()
 
 
 def test_metrics_carry_the_baseline_only_when_there_is_one(prediction_store):
     prediction_store.log_many([0.95] * 9 + [0.1])
-    fixed = run(prediction_store.log_path)
+    fixed = run(prediction_store.root)
     assert fixed.metrics() == {"yield_value": 0.9, "window_size": 10.0}
-    baseline = run(prediction_store.log_path, yield_threshold=None)
+    baseline = run(prediction_store.root, yield_threshold=None)
     assert baseline.metrics() == {"yield_value": 0.9, "window_size": 10.0, "baseline": 0.9}
     assert all(type(value) is float for value in baseline.metrics().values())
 
@@ -293,7 +318,7 @@ def test_the_atc_threshold_in_the_records_gives_an_estimated_accuracy(prediction
     """Records carry their model's ATC threshold (0.6 here): 7 of 10 above it estimate 0.7, while
     the confidence yield (>= 0.9) is 0.5."""
     prediction_store.log_many([0.95] * 5 + [0.65] * 2 + [0.3] * 3, atc_threshold=0.6)
-    result = run(prediction_store.log_path)
+    result = run(prediction_store.root)
     assert result.estimated_accuracy == pytest.approx(0.7)
     assert result.metrics()["estimated_accuracy"] == pytest.approx(0.7)
     assert "; estimated accuracy (ATC) 0.700." in result.reason
@@ -302,7 +327,7 @@ def test_the_atc_threshold_in_the_records_gives_an_estimated_accuracy(prediction
 def test_no_estimate_from_records_without_a_threshold(prediction_store):
     prediction_store.log_many([0.95] * 5, atc_threshold=0.6)
     prediction_store.log_many([0.95] * 10)  # a model saved before cards had one
-    result = run(prediction_store.log_path)
+    result = run(prediction_store.root)
     assert result.estimated_accuracy is None and "estimated" not in result.reason
     assert "estimated_accuracy" not in result.metrics()
 
@@ -310,21 +335,21 @@ def test_no_estimate_from_records_without_a_threshold(prediction_store):
 def test_the_estimated_accuracy_trigger_compares_the_estimate(prediction_store):
     """Confidence yield 0.8 would not retrain at 0.7; the ATC estimate 0.6 does."""
     prediction_store.log_many([0.95] * 6 + [0.92] * 2 + [0.3] * 2, atc_threshold=0.93)
-    result = run(prediction_store.log_path, trigger="estimated_accuracy")
+    result = run(prediction_store.root, trigger="estimated_accuracy")
     assert (result.mode, result.retrain) == ("estimated_accuracy", True)
     assert result.yield_value == pytest.approx(0.6) == result.estimated_accuracy
     assert result.reason == ("yield 0.600 as accuracy estimated by ATC over the last 10 predictions of model "
                              "version 1 is below the threshold 0.700: retrain.")
-    assert run(prediction_store.log_path).retrain is False  # the yield trigger: 0.8
+    assert run(prediction_store.root).retrain is False  # the yield trigger: 0.8
 
 
 def test_the_estimated_accuracy_trigger_without_thresholds_uses_yield_and_says_so(prediction_store):
     prediction_store.log_many([0.95] * 10)
-    result = run(prediction_store.log_path, trigger="estimated_accuracy")
+    result = run(prediction_store.root, trigger="estimated_accuracy")
     assert result.mode == "confidence" and result.yield_value == 1.0
     assert "trigger estimated_accuracy, but the records carry no ATC threshold: confidence yield used" in result.reason
     with pytest.raises(ValueError, match="trigger must be one of yield, estimated_accuracy, got 'vibes'"):
-        run(prediction_store.log_path, trigger="vibes")
+        run(prediction_store.root, trigger="vibes")
 
 
 def test_audited_parts_hold_the_estimate_against_the_truth(prediction_store, tmp_path):
@@ -334,7 +359,7 @@ def test_audited_parts_hold_the_estimate_against_the_truth(prediction_store, tmp
     feedback = tmp_path / "feedback.jsonl"
     feedback.write_text("".join(json.dumps({"request_id": r["request_id"], "label": t}) + "\n"
                                 for r, t in zip(records[:4], [1, 1, 1, 0])))
-    result = run(prediction_store.log_path, feedback_log=feedback)
+    result = run(prediction_store.root, feedback_log=feedback)
     assert (result.mode, result.estimated_accuracy, result.audited, result.audited_accuracy) == (
         "confidence", 0.8, 4, 0.75)
     assert result.reason.endswith("; estimated accuracy (ATC) 0.800; accuracy on the 4 audited parts 0.750.")

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ctloop import wire
 from ctloop.config import ConfigError, PipelineConfig
 from ctloop.process import free_ports
 from ctloop_app.ports import PortInUseError, StackPorts
@@ -57,27 +58,31 @@ def test_the_shipped_schedule_is_hourly_and_run_every_predictions_off() -> None:
         PipelineConfig(run_every_predictions=-1)
 
 
-def test_the_counter_counts_new_whole_lines_and_restarts_on_a_shorter_log(tmp_path: Path) -> None:
-    log = tmp_path / "predictions.jsonl"
-    log.write_bytes(b'{"a": 1}\n' * 5)
-    counter = PredictionCounter(log)  # what was there before the service started is not new
+def test_the_counter_counts_new_whole_lines_in_every_segment(tmp_path: Path) -> None:
+    segments = tmp_path / wire.SEGMENTS_DIR
+    segments.mkdir()
+    first = segments / f"{wire.segment_stem(1, 'champion', '1', 'host-1')}.jsonl"
+    first.write_bytes(b'{"a": 1}\n' * 5)
+    counter = PredictionCounter(tmp_path)  # what was there before the service started is not new
     assert counter.count() == 0
-    with open(log, "ab") as file:
+    with open(first, "ab") as file:
         file.write(b'{"a": 2}\n{"a": 3}\n{"half')
     assert counter.count() == 2
-    with open(log, "ab") as file:
+    with open(first, "ab") as file:
         file.write(b'": 4}\n')
     assert counter.count() == 3  # the half line, counted once it is whole
     counter.reset()
     assert (counter.last, counter.count()) == (3, 0)
-    log.write_bytes(b'{"a": 5}\n')  # rotated: a new, shorter file
+    (segments / f"{wire.segment_stem(2, 'champion', '1', 'host-2')}.jsonl").write_bytes(b'{"a": 5}\n')  # rotated
+    first.unlink()  # pruned
     assert counter.count() == 1
 
 
-def test_a_missing_log_counts_nothing(tmp_path: Path) -> None:
-    counter = PredictionCounter(tmp_path / "predictions.jsonl")
+def test_an_empty_store_counts_nothing(tmp_path: Path) -> None:
+    counter = PredictionCounter(tmp_path)
     assert counter.count() == 0
-    (tmp_path / "predictions.jsonl").write_bytes(b"{}\n")
+    (tmp_path / wire.SEGMENTS_DIR).mkdir()
+    (tmp_path / wire.SEGMENTS_DIR / f"{wire.segment_stem(1, 'champion', '2', 'h')}.jsonl").write_bytes(b"{}\n")
     assert counter.count() == 1
 
 
