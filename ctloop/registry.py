@@ -52,6 +52,7 @@ __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "PREVIOUS_CHAMPION",
+    "IntegrityError",
     "ModelVersionFiles",
     "RegistryError",
     "client",
@@ -70,6 +71,7 @@ __all__ = [
     "require_alias",
     "resolve_tracking_uri",
     "set_alias",
+    "verify_file",
 ]
 
 CHAMPION = "champion"
@@ -82,6 +84,7 @@ TRAIN_SET_FILENAME = "train_set.npz"
 ARTIFACT_ROOT_NAME = "mlflow-artifacts"
 RUN_ID_TAG = "ctloop.run_id"
 SHA256_TAG = "ctloop.sha256"  # of model.pt: what a served archive's model file must match
+TRAIN_SET_SHA256_TAG = "ctloop.train_set_sha256"  # of train_set.npz: what the next training may merge
 
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
@@ -95,6 +98,11 @@ class RegistryError(RuntimeError):
     def __init__(self, message: str, error_code: str = "") -> None:
         super().__init__(message)
         self.error_code = error_code
+
+
+class IntegrityError(RegistryError):
+    """A file's sha256 differs from the one recorded when its version was registered: the
+    artifact (TorchScript is code) was replaced or damaged after training; nothing may use it."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +197,10 @@ def register_model_file(
         version = existing
     else:
         log_model_files(run_id, model_file, train_set, uri)
-        version = _create_version(mlflow_client, uri, model_name, run_id, _sha256(model_file))
+        digests = {SHA256_TAG: _sha256(model_file)}
+        if train_set is not None:
+            digests[TRAIN_SET_SHA256_TAG] = _sha256(train_set)
+        version = _create_version(mlflow_client, uri, model_name, run_id, digests)
     if alias is not None:
         set_alias(model_name, alias, version, uri)
     if own_run:
@@ -266,7 +277,12 @@ def require_alias(model_name: str, alias: str, tracking_uri: str | None = None) 
 def download_version(
     model_name: str, version: str, dest_dir: str | Path, tracking_uri: str | None = None
 ) -> ModelVersionFiles:
-    """Download `version` of `model_name` into `dest_dir`; the files are byte-identical."""
+    """Download `version` of `model_name` into `dest_dir`, each file checked against the sha256
+    recorded at registration (versions registered before a tag existed are not checked for it).
+
+    Raises:
+        IntegrityError: a downloaded file is not the one registered.
+    """
     uri = resolve_tracking_uri(tracking_uri)
     mlflow_client = client(uri)
     model_version = _require_version(mlflow_client, uri, model_name, version)
@@ -284,7 +300,21 @@ def download_version(
             f"(source {model_version.source}); was it registered by ctloop?"
         )
     train_set = local_dir / TRAIN_SET_FILENAME
+    tags = model_version.tags or {}
+    for path, tag in ((model_file, SHA256_TAG), (train_set, TRAIN_SET_SHA256_TAG)):
+        if tag in tags:
+            verify_file(path, tags[tag], model_name, version)
     return ModelVersionFiles(str(version), model_file, train_set if train_set.is_file() else None)
+
+
+def verify_file(path: Path, expected: str, model_name: str, version: str) -> None:
+    """Raise IntegrityError unless `path` exists and has the sha256 `expected`."""
+    found = _sha256(path) if path.is_file() else "no file"
+    if found != expected:
+        raise IntegrityError(
+            f"{path.name} of {model_name!r} version {version} has sha256 {found[:16]}, but {expected[:16]} was "
+            "recorded when it was registered: the artifact was replaced or damaged after training; refusing to use it"
+        )
 
 
 class AliasMovedError(RegistryError):
@@ -382,7 +412,8 @@ def prune_versions(model_name: str, keep: int, tracking_uri: str | None = None, 
     return deleted
 
 
-def _create_version(mlflow_client: MlflowClient, uri: str, model_name: str, run_id: str, sha256: str) -> str:
+def _create_version(mlflow_client: MlflowClient, uri: str, model_name: str, run_id: str,
+                    digests: dict[str, str]) -> str:
     with registry_errors(uri, f"register a version of {model_name!r} from run {run_id}"):
         try:
             mlflow_client.create_registered_model(model_name)
@@ -394,7 +425,7 @@ def _create_version(mlflow_client: MlflowClient, uri: str, model_name: str, run_
             model_name,
             source=f"{artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_DIR}",
             run_id=run_id,
-            tags={RUN_ID_TAG: run_id, SHA256_TAG: sha256},
+            tags={RUN_ID_TAG: run_id, **digests},
         )
     return str(model_version.version)
 

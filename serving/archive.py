@@ -9,6 +9,7 @@ the same model store; the model name inside is the serving name (`champion`, `b1
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import os
 import shutil
@@ -35,8 +36,9 @@ def archive_name(role: str, version: str) -> str:
     return f"{role}-v{version}.mar"
 
 
-def model_config(workers: int = 1, max_images_per_request: int = 256) -> str:
-    """Per-model config yaml: fixed worker count, no server-side batching, one torch thread."""
+def model_config(model_sha256: str, workers: int = 1, max_images_per_request: int = 256) -> str:
+    """Per-model config yaml: fixed worker count, no server-side batching, one torch thread, and
+    the model file's sha256, which the handler checks before it loads the file."""
     return (
         f"minWorkers: {workers}\n"
         f"maxWorkers: {workers}\n"
@@ -45,6 +47,7 @@ def model_config(workers: int = 1, max_images_per_request: int = 256) -> str:
         "responseTimeout: 60\n"
         "torch_threads: 1\n"
         f"max_images_per_request: {max_images_per_request}\n"
+        f"model_sha256: {model_sha256}\n"
     )
 
 
@@ -77,7 +80,9 @@ def build_archive(
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as build:
         build_dir = Path(build)
         shutil.copyfile(model_file, build_dir / "model.pt")
-        (build_dir / "model-config.yaml").write_text(model_config(workers, max_images_per_request))
+        with open(build_dir / "model.pt", "rb") as packed:
+            digest = hashlib.file_digest(packed, "sha256").hexdigest()
+        (build_dir / "model-config.yaml").write_text(model_config(digest, workers, max_images_per_request))
         _stage_extra_files(build_dir / "extra")
         (build_dir / HANDLERS[role]).write_bytes(HANDLER_DIR.joinpath(HANDLERS[role]).read_bytes())
         _run_archiver(build_dir, role, str(version))

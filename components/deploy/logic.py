@@ -46,7 +46,9 @@ def deploy_to_torchserve(
     """The deploy stage: deploy_challenger on the TorchServe at these URLs, keys from the
     environment (serving.client.client_from_env), never from pipeline parameters, which Kubeflow
     shows to anyone who can see the run; on a cluster (CTLOOP_SERVING_DEPLOYMENT set),
-    components.deploy.cluster.deploy_on_cluster to every replica instead.
+    components.deploy.cluster.deploy_on_cluster to every replica instead. The model file must be
+    the one registered as `version` (its sha256 tag): otherwise IntegrityError, and nothing is
+    deployed.
 
     Args:
         model_file: the challenger's TorchScript file.
@@ -61,6 +63,8 @@ def deploy_to_torchserve(
         decision: analyze's decision document; its `champion_version` is the champion this
             version must replace (compare-and-set). None: whatever is champion now.
     """
+    expected = registry.model_sha256(registered_model, version, tracking_uri)
+    registry.verify_file(Path(model_file), expected, registered_model, version)  # before anything changes
     client = client_from_env(inference_url, management_url)
     replaces = _compared_against(decision) if decision is not None else None
     try:

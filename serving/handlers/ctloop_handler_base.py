@@ -10,6 +10,7 @@ TorchServe batch are answered normally and the worker keeps serving.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -105,6 +106,21 @@ def request_body(request: dict) -> object:
     return next(iter(request.values()))
 
 
+def check_model_file(context, expected: str | None) -> None:
+    """The model file must be the one the archive was built with (its model-config yaml holds the
+    sha256, which the deploy checked against the registry): TorchScript is code, so a file
+    replaced inside an unpacked archive must not load. Archives built before the sha256 was
+    recorded have none to check."""
+    if expected is None:
+        return
+    path = os.path.join(context.system_properties["model_dir"], context.manifest["model"]["serializedFile"])
+    with open(path, "rb") as model:
+        found = hashlib.file_digest(model, "sha256").hexdigest()
+    if found != expected:
+        raise RuntimeError(f"{path}: sha256 {found[:16]} is not the {expected[:16]} this archive was built with; "
+                           "the model file was replaced, refusing to load it")
+
+
 def error_body(message: str) -> str:
     return json.dumps({"error": message})
 
@@ -122,6 +138,7 @@ class CtloopHandler(BaseHandler):
         because one intra-op thread per worker is ~10x the throughput of the default on small
         models."""
         config = context.model_yaml_config or {}
+        check_model_file(context, config.get("model_sha256"))
         torch.set_num_threads(int(config.get("torch_threads", 1)))
         self.max_images = setting(config, "max_images_per_request", DEFAULT_MAX_IMAGES)
         self.card: dict = {}

@@ -107,3 +107,23 @@ def test_a_registry_that_cannot_be_reached_stops_the_deploy_before_serving_chang
 
     assert (serving.client.default_version("champion"), serving.client.versions("champion")) == (
         old_default, old_versions)
+
+
+def test_a_model_file_that_is_not_the_registered_one_deploys_nothing(
+        serving, champion, tracking_uri: str, golden_set: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage's model file (a kfp artifact) differs from what the version's sha256 tag says."""
+    old_default, old_versions = serving.client.default_version("champion"), serving.client.versions("champion")
+    old_aliases = aliases(tracking_uri)
+    model, version, canary_set = new_challenger(tmp_path, tracking_uri, 23, golden_set)
+    model.write_bytes(model.read_bytes() + b"swapped")
+    monkeypatch.setenv("CTLOOP_TS_KEY_FILE", str(serving.server.key_file))
+
+    with pytest.raises(registry.IntegrityError, match=f"^{model.name} of '{REGISTERED}' version {version} has sha256"):
+        deploy_to_torchserve(model, version, canary_set, serving.server.model_store, serving.server.inference_url,
+                             serving.server.management_url, tracking_uri, REGISTERED)
+
+    assert (serving.client.default_version("champion"), serving.client.versions("champion")) == (
+        old_default, old_versions)
+    assert aliases(tracking_uri) == old_aliases
+    assert not list(serving.server.model_store.glob(f"champion-v{version}.mar"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from typing import Iterator
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,8 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_public_names() -> None:
     assert set(registry.__all__) == {
-        "AliasMovedError", "CHALLENGER", "CHAMPION", "PREVIOUS_CHAMPION", "ModelVersionFiles", "RegistryError",
+        "AliasMovedError", "CHALLENGER", "CHAMPION", "PREVIOUS_CHAMPION", "IntegrityError", "ModelVersionFiles",
+        "RegistryError", "verify_file",
         "client", "delete_version", "download_version", "ensure_experiment",
         "find_version_for_run", "get_version_by_alias", "log_model_files", "model_sha256", "promote",
         "promote_replacing",
@@ -73,6 +75,23 @@ def test_register_then_download_gives_the_same_bytes(
     assert files.train_set.read_bytes() == train_set.read_bytes()
     _, card = load_model(files.model_file)
     assert card.class_names == ("a", "b", "c")
+
+
+@pytest.mark.parametrize("replaced", [registry.MODEL_FILENAME, registry.TRAIN_SET_FILENAME])
+def test_an_artifact_replaced_after_registration_is_refused(
+    tracking_uri: str, model_files: tuple[Path, Path], tmp_path: Path, replaced: str
+) -> None:
+    """Anyone who can write MLflow's artifact store could swap model.pt (TorchScript is code) or
+    the training set; the sha256 tags recorded at registration catch it at every download."""
+    model_file, train_set = model_files
+    name = f"swapped-{replaced.split('.')[0]}"
+    version = registry.register_model_file(name, model_file, train_set, tracking_uri=tracking_uri)
+    source = registry.client(tracking_uri).get_model_version(name, version).source
+    stored = Path(urllib.parse.urlparse(source).path if source.startswith("file:") else source) / replaced
+    stored.write_bytes(stored.read_bytes() + b"tampered")
+    with pytest.raises(registry.IntegrityError, match=rf"^{replaced} of '{name}' version {version} has sha256 "
+                                                      r"\w{16}, but \w{16} was recorded when it was registered"):
+        registry.download_version(name, version, tmp_path / "out", tracking_uri)
 
 
 def test_register_without_train_set(

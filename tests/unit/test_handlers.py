@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -148,6 +149,17 @@ def test_a_malformed_request_id_is_refused_and_not_logged(
     assert len(answer["error"]) < 200
     records = store.read_store(tmp_path / "store").records
     assert [(record["request_id"], record["server_id"]) for record in records] == [("line-2:part-0042", "req-1")]
+
+
+def test_a_model_file_replaced_inside_the_archive_does_not_load(model_files: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(model_files["champion"].read_bytes())
+    built_with = hashlib.sha256(model_files["champion"].read_bytes()).hexdigest()
+    context = make_context(tmp_path, "champion")
+    context.model_yaml_config["model_sha256"] = built_with
+    ChampionHandler().initialize(context)  # the file the archive was built with loads
+    (tmp_path / "model.pt").write_bytes(model_files["b1"].read_bytes())  # swapped: TorchScript is code
+    with pytest.raises(RuntimeError, match=f"sha256 \\w{{16}} is not the {built_with[:16]} this archive was built with"):
+        ChampionHandler().initialize(context)
 
 
 def test_serving_limits_come_from_the_environment_first(
