@@ -17,8 +17,8 @@ import yaml
 DEFAULT_CONFIG_NAME = "ctloop.yaml"
 # The model families of ctloop.models (named here too: config is read by stages without torch).
 MODEL_FAMILIES = ("resnet", "dilated", "mixer", "gradient")
-# What the monitor's threshold or baseline rule applies to (components.monitor).
-TRIGGERS = ("yield", "estimated_accuracy")
+# What the monitor's yield is, to which its threshold or baseline rule applies (components.monitor).
+YIELD_MODES = ("confidence", "pass_rate", "estimated_accuracy", "accuracy")
 
 
 class ConfigError(ValueError):
@@ -32,7 +32,8 @@ class PipelineConfig:
     yield_drop_tolerance: float = 0.05
     yield_floor: float = 0.6
     yield_confidence: float = 0.9
-    trigger: str = "yield"
+    yield_mode: str = "confidence"
+    ok_class: str | None = None
     merge_previous: bool = True
     previous_per_class: int = 1000
     min_samples: int = 50
@@ -73,8 +74,10 @@ class PipelineConfig:
         _check_range("min_improvement", self.min_improvement, -1.0, 1.0)
         if not 0.0 < self.evidence_level <= 1.0:
             raise ConfigError(f"evidence_level must be in (0.0, 1.0], got {self.evidence_level}")
-        if self.trigger not in TRIGGERS:
-            raise ConfigError(f"trigger must be {' or '.join(TRIGGERS)}, got {self.trigger!r}")
+        if self.yield_mode not in YIELD_MODES:
+            raise ConfigError(f"yield_mode must be one of {', '.join(YIELD_MODES)}, got {self.yield_mode!r}")
+        if self.yield_mode == "pass_rate" and not self.ok_class:
+            raise ConfigError("yield_mode pass_rate needs ok_class: the class name that means a good part")
         for name in ("champion_family", "b1_family", "b2_family"):
             if getattr(self, name) not in MODEL_FAMILIES:
                 raise ConfigError(f"{name} must be one of {', '.join(MODEL_FAMILIES)}, got {getattr(self, name)!r}")

@@ -37,8 +37,8 @@ SEGMENT_PATTERN = re.compile(r"^(\d{20})_(.+)_v(\d+)_([A-Za-z0-9-]+)$")  # start
 SHARD_PATTERN = re.compile(r"^segments/[^/#]+\.(\d+)x(\d+)\.f32$")
 LOST_FIELD = "lost"  # a marker line {"lost": n, "time": t, "since": t0}: n records the writer could not store
 
-# Field -> accepted types of a prediction record; every record also has `time`, `model_name`,
-# `item` (position in its request) and `class_name`, which readers do not rely on.
+# Field -> accepted types of a prediction record; every record also has `time`, `model_name` and
+# `item` (position in its request), which readers do not rely on.
 RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     "request_id": (str,),  # the client's name for the request (feedback refers to it); may repeat
     "server_id": (str,),  # TorchServe's id for the request: with `item`, the record's unique key
@@ -46,6 +46,7 @@ RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     "label": (int,),
     "confidence": (int, float),
     "sample": (str,),
+    "class_name": (str,),  # the monitor's pass-rate yield counts the ok class by name
 }
 
 KEY_FILE_NAME = "key_file.json"

@@ -76,7 +76,8 @@ def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSetting
         yield_drop_tolerance: float = config.yield_drop_tolerance,
         yield_floor: float = config.yield_floor,
         yield_confidence: float = config.yield_confidence,
-        trigger: str = config.trigger,
+        yield_mode: str = config.yield_mode,
+        ok_class: str = config.ok_class or "",
         merge_previous: bool = config.merge_previous,
         previous_per_class: int = config.previous_per_class,
         min_samples: int = config.min_samples,
@@ -110,7 +111,8 @@ def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSetting
             monitor = ops[monitor_op](
                 store_dir=store_dir, recent_window=recent_window, yield_threshold=yield_threshold,
                 use_yield_threshold=use_yield_threshold, yield_drop_tolerance=yield_drop_tolerance,
-                yield_floor=yield_floor, yield_confidence=yield_confidence, trigger=trigger, run_name=run_name,
+                yield_floor=yield_floor, yield_confidence=yield_confidence, yield_mode=yield_mode, ok_class=ok_class,
+                run_name=run_name,
             ).set_display_name("monitor yield").after(repair)
             # kfp.local resolves a condition on a task's single "Output" inside nested DAGs, not on
             # named outputs; so the decisions are return values and their figures are artifacts.

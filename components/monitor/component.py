@@ -11,7 +11,8 @@ def monitor_op(
     yield_drop_tolerance: float,
     yield_floor: float,
     yield_confidence: float,
-    trigger: str,
+    yield_mode: str,
+    ok_class: str,
     run_name: str,
     window: Output[Dataset],
     decision: Output[Artifact],
@@ -27,7 +28,8 @@ def monitor_op(
         yield_drop_tolerance: baseline rule: allowed drop below the champion's baseline yield.
         yield_floor: baseline rule: never tolerate a yield below this.
         yield_confidence: confidence at which a prediction counts towards yield.
-        trigger: "yield", or "estimated_accuracy" to compare the ATC estimate instead.
+        yield_mode: confidence, pass_rate, estimated_accuracy or accuracy (ctloop.yaml says what each is).
+        ok_class: pass_rate: the class name of a good part ("" otherwise: kfp parameters cannot be None).
         run_name: the pipeline run, for alerts.
         window: the window's prediction records (JSON lines), for collect.
         decision: the decision and its figures (JSON), for the Slack message.
@@ -41,7 +43,7 @@ def monitor_op(
     with alert_on_failure("monitor", run_name):
         result = check_store_yield(Path(store_dir), recent_window, yield_threshold, use_yield_threshold,
                                    yield_drop_tolerance, yield_floor, yield_confidence, Path(window.path),
-                                   Path(decision.path), trigger)
+                                   Path(decision.path), yield_mode, ok_class or None)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
     return result.retrain

@@ -1,8 +1,10 @@
 """monitor: the champion's yield over its most recent predictions, and whether to retrain.
 
-Yield is the share of predictions made with confidence >= `confidence` ("confidence" mode), or
-the accuracy of the predictions when ground-truth feedback covers every one of them ("accuracy"
-mode). The window is the newest `recent_window` predictions of the model version that made the
+Yield is, by `yield_mode`, the share of predictions made with confidence >= `confidence`
+("confidence": model health), the share of parts classified `ok_class` ("pass_rate": the plant's
+own yield), the champion's accuracy estimated without labels ("estimated_accuracy"), or its
+accuracy against ground-truth feedback ("accuracy"); feedback covering every prediction of the
+window is used whatever the mode. The window is the newest `recent_window` predictions of the model version that made the
 newest prediction (the current champion): predictions of an earlier champion say nothing about
 this one, so right after a deploy the monitor waits for a full window instead of retraining
 again because of the old model's mistakes.
@@ -15,12 +17,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
 from ctloop import alerts, slack
-from ctloop.config import TRIGGERS
+from ctloop.config import YIELD_MODES
 from ctloop.estimate import atc_estimate
 from ctloop.images import write_atomic
 from ctloop.wire import FEEDBACK_NAME
@@ -29,7 +31,7 @@ from serving.store import PredictionLogError, newest_version, read_jsonl, read_n
 __all__ = ["MonitorResult", "PredictionLogError", "check_store_yield", "check_yield"]
 
 
-Mode = Literal["confidence", "accuracy", "estimated_accuracy"]
+Mode = Literal["confidence", "pass_rate", "estimated_accuracy", "accuracy"]
 
 @dataclass(frozen=True)
 class MonitorResult:
@@ -41,8 +43,9 @@ class MonitorResult:
         baseline: yield of the champion's first full window; None when a fixed threshold is used
             or the window is not full.
         threshold_used: the value the yield was compared with; None when there was no comparison.
-        mode: "confidence", "accuracy" (ground-truth feedback covered the window) or
-            "estimated_accuracy" (trigger "estimated_accuracy" and the records carry an ATC threshold).
+        mode: the yield measured: the configured yield_mode, or "accuracy" when ground-truth
+            feedback covered the window, or "confidence" when the configured mode could not be
+            measured (estimated_accuracy without an ATC threshold, accuracy without full feedback).
         window_size: predictions in the window.
         model_version: the champion version whose predictions form the window.
         reason: one sentence with the numbers behind the decision.
@@ -100,7 +103,8 @@ def check_store_yield(
     confidence: float,
     window_out: Path,
     decision_out: Path,
-    trigger: str = "yield",
+    yield_mode: str = "confidence",
+    ok_class: str | None = None,
 ) -> MonitorResult:
     """The monitor stage on a prediction store: check_yield over its log, with its feedback when
     there is any, writing the window (for collect) and the decision as JSON (for notify).
@@ -120,8 +124,9 @@ def check_store_yield(
         window_out: where to write the window's records (JSONL).
         decision_out: where to write MonitorResult.to_dict() (JSON); notify's announce_retrain
             reads it.
-        trigger: "yield", or "estimated_accuracy" to compare the ATC estimate instead of the
-            confidence yield (ground-truth feedback, when it covers the window, wins either way).
+        yield_mode: confidence, pass_rate, estimated_accuracy or accuracy (see the module's
+            docstring; ground-truth feedback, when it covers the window, wins whatever the mode).
+        ok_class: pass_rate: the class name of a good part.
 
     Returns:
         The decision and its figures; its reason is also printed, for the stage's log.
@@ -131,7 +136,8 @@ def check_store_yield(
     result = check_yield(
         store_dir, recent_window, yield_threshold if use_yield_threshold else None,
         yield_drop_tolerance, yield_floor, confidence,
-        feedback_log=feedback if feedback.exists() else None, window_out=Path(window_out), trigger=trigger,
+        feedback_log=feedback if feedback.exists() else None, window_out=Path(window_out),
+        yield_mode=yield_mode, ok_class=ok_class,
     )
     write_atomic(Path(decision_out), json.dumps(result.to_dict()).encode("utf-8"))
     print(result.reason)
@@ -158,7 +164,8 @@ def check_yield(
     confidence: float,
     feedback_log: Path | None = None,
     window_out: Path | None = None,
-    trigger: str = "yield",
+    yield_mode: str = "confidence",
+    ok_class: str | None = None,
 ) -> MonitorResult:
     """Decide whether the champion's recent yield calls for retraining.
 
@@ -174,6 +181,8 @@ def check_yield(
             (plus `"item": int` for images after the first of a batch request).
         window_out: where to write the window's records as JSONL, for the collect stage; each
             record gets `feedback_label` when feedback gave its true label.
+        yield_mode: what yield is: confidence, pass_rate, estimated_accuracy or accuracy.
+        ok_class: pass_rate: the class name of a good part (required then).
 
     Returns:
         The decision and its figures.
@@ -184,8 +193,10 @@ def check_yield(
         ValueError: a parameter is out of range.
     """
     _check_parameters(recent_window, yield_threshold, yield_drop_tolerance, yield_floor, confidence)
-    if trigger not in TRIGGERS:
-        raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, got {trigger!r}")
+    if yield_mode not in YIELD_MODES:
+        raise ValueError(f"yield_mode must be one of {', '.join(YIELD_MODES)}, got {yield_mode!r}")
+    if yield_mode == "pass_rate" and not ok_class:
+        raise ValueError("yield_mode pass_rate needs ok_class: the class name that means a good part")
     version = newest_version(store_dir)
     recent = read_newest(store_dir, recent_window, version) if version is not None else None
     if recent is None or not recent.records:
@@ -204,17 +215,15 @@ def check_yield(
     needed = window + baseline_window
     covered = bool(feedback) and all(_key(record) in feedback for record in needed)
     estimable = _atc_threshold(needed) is not None
-    mode: Mode = "accuracy" if covered else "estimated_accuracy" if trigger != "yield" and estimable else "confidence"
-    value = _yield(window, mode, confidence, feedback)
-    measure = _describe(mode, confidence, len(window), version)
+    mode, fallback = _measured_mode(yield_mode, covered, estimable)
+    value = _yield(window, mode, confidence, feedback, ok_class)
+    measure = _describe(mode, confidence, len(window), version, ok_class)
     estimated = _estimated_accuracy(window)
-    notes = _skipped_note(truncated, broken) + _lost_note(recent.lost)
-    if mode == "confidence" and trigger != "yield":
-        notes += "; trigger estimated_accuracy, but the records carry no ATC threshold: confidence yield used"
+    notes = _skipped_note(truncated, broken) + _lost_note(recent.lost) + fallback
     if estimated is not None and mode != "estimated_accuracy":
         notes += f"; estimated accuracy (ATC) {estimated:.3f}"
     audited = [record for record in window if _key(record) in feedback]
-    audited_accuracy = _yield(audited, "accuracy", confidence, feedback) if audited else None
+    audited_accuracy = _yield(audited, "accuracy", confidence, feedback, ok_class) if audited else None
     if audited_accuracy is not None and mode != "accuracy":
         notes += f"; accuracy on the {len(audited)} audited parts {audited_accuracy:.3f}"
     figures = dict(estimated_accuracy=estimated, audited=len(audited), audited_accuracy=audited_accuracy,
@@ -234,7 +243,7 @@ def check_yield(
         baseline, threshold = None, float(yield_threshold)
         rule = f"the threshold {threshold:.3f}"
     else:
-        baseline = _yield(baseline_window, mode, confidence, feedback)
+        baseline = _yield(baseline_window, mode, confidence, feedback, ok_class)
         threshold = max(baseline - yield_drop_tolerance, yield_floor)
         rule = (
             f"{threshold:.3f} = max(baseline {baseline:.3f} - tolerance {yield_drop_tolerance:.3f}, "
@@ -302,21 +311,36 @@ def _key(record: dict[str, Any]) -> tuple[str, int]:
     return record["request_id"], record.get("item", 0)
 
 
+def _measured_mode(yield_mode: str, covered: bool, estimable: bool) -> tuple[Mode, str]:
+    """The mode measured and, when it is not the configured one for want of data, a note saying so."""
+    if covered:
+        return "accuracy", ""
+    if yield_mode == "accuracy":
+        return "confidence", "; yield_mode accuracy, but feedback does not cover the window yet: confidence yield used"
+    if yield_mode == "estimated_accuracy" and not estimable:
+        return "confidence", ("; yield_mode estimated_accuracy, but the records carry no ATC threshold: "
+                              "confidence yield used")
+    return cast(Mode, yield_mode), ""
+
+
 def _yield(records: Sequence[dict[str, Any]], mode: Mode, confidence: float,
-           feedback: dict[tuple[str, int], int]) -> float:
+           feedback: dict[tuple[str, int], int], ok_class: str | None) -> float:
     if not records:
         return 0.0
     if mode == "estimated_accuracy":
         return _estimated_accuracy(records)
     if mode == "accuracy":
         hits = sum(record["label"] == feedback[_key(record)] for record in records)
+    elif mode == "pass_rate":
+        hits = sum(record["class_name"] == ok_class for record in records)
     else:
         hits = sum(record["confidence"] >= confidence for record in records)
     return hits / len(records)
 
 
-def _describe(mode: Mode, confidence: float, count: int, version: str) -> str:
-    what = {"accuracy": "accuracy against feedback", "estimated_accuracy": "accuracy estimated by ATC"}.get(
+def _describe(mode: Mode, confidence: float, count: int, version: str, ok_class: str | None) -> str:
+    what = {"accuracy": "accuracy against feedback", "estimated_accuracy": "accuracy estimated by ATC",
+            "pass_rate": f"pass rate (share classified {ok_class!r})"}.get(
         mode, f"share with confidence >= {confidence:.2f}")
     return f"{what} over the last {count} predictions of model version {version}"
 

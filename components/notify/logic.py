@@ -144,7 +144,7 @@ def retrain_started(
         threshold_used: the value it fell below (None when there was none).
         window_size: predictions in the window.
         model_version: the champion version monitored.
-        mode: "confidence" or "accuracy".
+        mode: the yield the monitor measured (confidence, pass_rate, estimated_accuracy, accuracy).
         baseline: the champion's baseline yield, when the baseline rule was used.
         reason: the monitor's sentence.
         run_name: the pipeline run, shown as context.

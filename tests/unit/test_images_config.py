@@ -108,6 +108,8 @@ def test_shipped_config_has_the_reference_defaults() -> None:
         ("min_pseudo_label_precision: high\n", "min_pseudo_label_precision must be of type float, got 'high'"),
         ("min_audited_parts: 0\n", "min_audited_parts must be at least 1, got 0"),
         ("min_audited_parts: 20.5\n", "min_audited_parts must be of type int, got 20.5"),
+        ("yield_mode: ok_share\n", "yield_mode must be one of confidence, pass_rate, estimated_accuracy, accuracy"),
+        ("yield_mode: pass_rate\n", "yield_mode pass_rate needs ok_class: the class name that means a good part"),
         ("merge_previous: 3\n", "merge_previous must be of type bool"),
         ("yield_treshold: 0.7\n", "unknown config keys: yield_treshold"),
         ("- a list\n", "expected a mapping"),

@@ -166,7 +166,8 @@ def test_interrupted_record_in_the_middle_is_skipped_and_reported(prediction_sto
         ('{"request_id": "a", "server_id": "t", "model_version": "1", "label": true, "confidence": 0.5, '
          '"sample": "s"}',
          "'label' must be int, got True"),
-        ('{"request_id": "a", "server_id": "t", "model_version": "1", "label": 0, "confidence": 1.5, "sample": "s"}',
+        ('{"request_id": "a", "server_id": "t", "model_version": "1", "label": 0, "confidence": 1.5, "sample": "s", '
+         '"class_name": "0"}',
          r"'confidence' must be in \[0, 1\], got 1.5"),
     ],
 )
@@ -332,24 +333,46 @@ def test_no_estimate_from_records_without_a_threshold(prediction_store):
     assert "estimated_accuracy" not in result.metrics()
 
 
-def test_the_estimated_accuracy_trigger_compares_the_estimate(prediction_store):
+def test_the_estimated_accuracy_mode_compares_the_estimate(prediction_store):
     """Confidence yield 0.8 would not retrain at 0.7; the ATC estimate 0.6 does."""
     prediction_store.log_many([0.95] * 6 + [0.92] * 2 + [0.3] * 2, atc_threshold=0.93)
-    result = run(prediction_store.root, trigger="estimated_accuracy")
+    result = run(prediction_store.root, yield_mode="estimated_accuracy")
     assert (result.mode, result.retrain) == ("estimated_accuracy", True)
     assert result.yield_value == pytest.approx(0.6) == result.estimated_accuracy
     assert result.reason == ("yield 0.600 as accuracy estimated by ATC over the last 10 predictions of model "
                              "version 1 is below the threshold 0.700: retrain.")
-    assert run(prediction_store.root).retrain is False  # the yield trigger: 0.8
+    assert run(prediction_store.root).retrain is False  # the confidence yield: 0.8
 
 
-def test_the_estimated_accuracy_trigger_without_thresholds_uses_yield_and_says_so(prediction_store):
+def test_the_estimated_accuracy_mode_without_thresholds_uses_yield_and_says_so(prediction_store):
     prediction_store.log_many([0.95] * 10)
-    result = run(prediction_store.root, trigger="estimated_accuracy")
+    result = run(prediction_store.root, yield_mode="estimated_accuracy")
     assert result.mode == "confidence" and result.yield_value == 1.0
-    assert "trigger estimated_accuracy, but the records carry no ATC threshold: confidence yield used" in result.reason
-    with pytest.raises(ValueError, match="trigger must be one of yield, estimated_accuracy, got 'vibes'"):
-        run(prediction_store.root, trigger="vibes")
+    assert "yield_mode estimated_accuracy, but the records carry no ATC threshold: confidence yield used" in result.reason
+    with pytest.raises(ValueError, match="yield_mode must be one of confidence, pass_rate, estimated_accuracy, "
+                                         "accuracy, got 'vibes'"):
+        run(prediction_store.root, yield_mode="vibes")
+
+
+def test_pass_rate_yield_is_the_share_classified_ok(prediction_store):
+    """The plant's yield: the share of parts the champion calls good, whatever its confidence."""
+    prediction_store.log_many([0.99] * 4, label=1)  # baseline: 6 of 10 ok
+    prediction_store.log_many([0.6] * 6, label=0)
+    prediction_store.log_many([0.99] * 7, label=1)  # now: 3 of 10 ok, every one confident
+    prediction_store.log_many([0.6] * 3, label=0)
+    result = run(prediction_store.root, yield_mode="pass_rate", ok_class="0", yield_threshold=None)
+    assert (result.mode, result.yield_value, result.baseline, result.retrain) == ("pass_rate", 0.3, 0.6, True)
+    assert "pass rate (share classified '0') over the last 10 predictions" in result.reason
+    assert run(prediction_store.root).retrain is False  # the confidence yield: 0.7, not below 0.7
+
+
+def test_pass_rate_needs_the_ok_class_and_accuracy_needs_feedback(prediction_store):
+    prediction_store.log_many([0.95] * 10)
+    with pytest.raises(ValueError, match="yield_mode pass_rate needs ok_class"):
+        run(prediction_store.root, yield_mode="pass_rate")
+    result = run(prediction_store.root, yield_mode="accuracy")
+    assert result.mode == "confidence"
+    assert "yield_mode accuracy, but feedback does not cover the window yet: confidence yield used" in result.reason
 
 
 def test_audited_parts_hold_the_estimate_against_the_truth(prediction_store, tmp_path):
