@@ -128,6 +128,12 @@ class LocalTorchServe:
         return f"http://127.0.0.1:{self.ports.management}"
 
     @property
+    def metrics_url(self) -> str:
+        """Prometheus's scrape target: `<metrics_url>/metrics` (no key: TorchServe's metrics API
+        has no token authorization; on a cluster a NetworkPolicy decides who reaches it)."""
+        return f"http://127.0.0.1:{self.ports.metrics}"
+
+    @property
     def log_dir(self) -> Path:
         return self.work_dir / "logs"
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from ctloop.wire import REQUEST_ID_HEADER, encode_batch
 from ctloop.modelfile import load_model, predict_proba
@@ -154,3 +155,22 @@ def test_without_a_client_id_the_answer_names_torchserves_id(serving, random_ima
     answer = serving.client.predict("champion", random_images(1, 32))
     records = store.read_store(serving.server.store_dir).records
     assert answer.request_id and records[-1]["request_id"] == answer.request_id
+
+
+def test_the_metrics_endpoint_speaks_prometheus(serving, random_images) -> None:
+    """What a Prometheus scrape of TorchServe's metrics port sees: request counts and latencies
+    per model and version, parsed with prometheus_client's own parser."""
+    before = _champion_requests(serving)
+    serving.client.predict("champion", random_images(3, 41))
+    families = {family.name: family for family in text_string_to_metric_families(
+        requests.get(f"{serving.server.metrics_url}/metrics", timeout=10).text)}
+    assert {"ts_inference_requests", "ts_inference_latency_microseconds", "ts_queue_latency_microseconds"} <= set(
+        families), sorted(families)
+    assert _champion_requests(serving) == before + 1
+
+
+def _champion_requests(serving) -> float:
+    text = requests.get(f"{serving.server.metrics_url}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) if family.name == "ts_inference_requests"
+               for sample in family.samples
+               if sample.name == "ts_inference_requests_total" and sample.labels.get("model_name") == "champion")
