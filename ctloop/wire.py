@@ -21,7 +21,8 @@ import numpy as np
 # Request headers a client may send, and the answer's headers.
 CANARY_HEADER = "X-Ctloop-Canary"  # "1": a deploy smoke test, answered but not logged
 REQUEST_ID_HEADER = "X-Ctloop-Request-ID"  # the client's name for a request; echoed in the answer
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what a client's request id may be (fullmatch)
+SLICE_HEADER = "X-Ctloop-Slice"  # the line or camera a request comes from; the monitor judges each apart
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what a request id or a slice may be (fullmatch)
 VERSION_HEADER = "X-Ctloop-Model-Version"  # the model version that answered
 NPY_CONTENT_TYPE = "application/x-npy"
 
@@ -90,15 +91,14 @@ def _check_body_length(payload: bytes) -> None:
                          f"but only {available:,} bytes follow it")
 
 
-def request_id_problem(request_id: str) -> str | None:
-    """Why `request_id` cannot name a request, or None. Ids are written into every record and
-    collect's string columns, and reach Slack, so they are short and plain: a serial number, a
-    UUID, `line-3:part-0042`."""
-    if REQUEST_ID_PATTERN.fullmatch(request_id):
+def header_problem(header: str, value: str) -> str | None:
+    """Why `value` cannot be a request id or a slice name, or None. Both are written into every
+    record and reach collect's string columns and Slack, so they are short and plain: a serial
+    number, a UUID, `line-3:part-0042`, `camera-2`."""
+    if NAME_PATTERN.fullmatch(value):
         return None
-    shown = request_id[:40] + "..." if len(request_id) > 40 else request_id
-    return (f"{REQUEST_ID_HEADER} must be 1-128 characters of A-Z a-z 0-9 . _ : -, "
-            f"got {len(request_id)} characters ({shown!r})")
+    shown = value[:40] + "..." if len(value) > 40 else value
+    return f"{header} must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {len(value)} characters ({shown!r})"
 
 
 def segment_stem(start_ns: int, model_name: str, model_version: str, writer: str) -> str:
@@ -119,15 +119,15 @@ def segment_samples(stem: str, size: tuple[int, int]) -> str:
 
 def prediction_record(request_id: str, server_id: str, time: float, model_name: str, model_version: str,
                       item: int, label: int, class_name: str, confidence: float, sample: str,
-                      atc_threshold: float | None = None) -> dict[str, Any]:
+                      atc_threshold: float | None = None, slice_name: str = "") -> dict[str, Any]:
     """One line of the prediction log: one answered image, keyed by TorchServe's request id and
     its position in the request (a client's own id may repeat), and the reference to its stored input
     (`<shard>#<index>`, index counted in records of that shard), with the answering model's ATC
     threshold (ctloop.estimate) when its card has one, so the monitor can estimate accuracy from
-    the log alone."""
+    the log alone, and the slice (line or camera) the client named, "" for none."""
     return {"request_id": request_id, "server_id": server_id, "time": time, "model_name": model_name,
             "model_version": model_version, "item": item, "label": label, "class_name": class_name, "confidence": confidence, "sample": sample,
-            "atc_threshold": atc_threshold}
+            "atc_threshold": atc_threshold, "slice": slice_name}
 
 
 def record_problem(record: Any) -> str | None:

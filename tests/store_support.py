@@ -36,7 +36,7 @@ class StoreWriter:
 
     def log(self, confidence: float, *, label: int = 0, version: str = "1", request_id: str | None = None,
             server_id: str | None = None, item: int = 0, image: np.ndarray | None = None,
-            atc_threshold: float | None = None) -> dict:
+            atc_threshold: float | None = None, slice_name: str = "") -> dict:
         """One prediction with its stored sample; returns the record written."""
         shard = wire.segment_samples(self.stem(version), self.size)
         if image is None:
@@ -49,7 +49,7 @@ class StoreWriter:
         class_name = CLASSES[label] if 0 <= label < len(CLASSES) else str(label)
         record = wire.prediction_record(request_id or f"req-{total}", server_id or f"server-{total}",
                                         1_700_000_000.0 + total, "champion", version, item, label, class_name,
-                                        confidence, f"{shard}#{index}", atc_threshold)
+                                        confidence, f"{shard}#{index}", atc_threshold, slice_name)
         self.raw(json.dumps(record) + "\n", version)
         return record
 

@@ -13,8 +13,9 @@ again because of the old model's mistakes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -30,6 +31,8 @@ from serving.store import PredictionLogError, newest_version, read_jsonl, read_n
 
 __all__ = ["MonitorResult", "PredictionLogError", "check_store_yield", "check_yield"]
 
+
+MIN_SLICE_RECORDS = 30  # fewer predictions of one slice in the window are too noisy to judge (sd ~0.07)
 
 Mode = Literal["confidence", "pass_rate", "estimated_accuracy", "accuracy"]
 
@@ -58,6 +61,9 @@ class MonitorResult:
             against; None without any.
         lost_records: predictions answered while the store could not take them (a full disk),
             counted by the writers of the segments read; the monitor alerts on any.
+        slices: per named slice (the client's X-Ctloop-Slice: a line, a camera) with at least
+            MIN_SLICE_RECORDS predictions in the window: count, yield_value, threshold and
+            whether it tripped; a tripped slice retrains on its own predictions.
     """
 
     retrain: bool
@@ -74,6 +80,7 @@ class MonitorResult:
     audited: int = 0
     audited_accuracy: float | None = None
     lost_records: int = 0
+    slices: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,6 +97,8 @@ class MonitorResult:
             figures["audited"] = float(self.audited)
         if self.lost_records:
             figures["lost_records"] = float(self.lost_records)
+        for name, slice_figures in self.slices.items():
+            figures[f"slice_{name}_yield"] = slice_figures["yield_value"]
         return figures
 
 
@@ -209,8 +218,6 @@ def check_yield(
     full = len(window) == recent_window
     baseline_window = read_oldest(store_dir, recent_window, version).records if yield_threshold is None and full else []
     feedback = _read_feedback(feedback_log) if feedback_log is not None else {}
-    if window_out is not None:
-        _write_window(window_out, window, feedback)
 
     needed = window + baseline_window
     covered = bool(feedback) and all(_key(record) in feedback for record in needed)
@@ -230,6 +237,8 @@ def check_yield(
                    lost_records=recent.lost)
 
     if not full:
+        if window_out is not None:
+            _write_window(window_out, window, feedback)
         return MonitorResult(
             retrain=False, yield_value=value, baseline=None, threshold_used=yield_threshold, mode=mode,
             window_size=len(window), model_version=version, truncated_tail=truncated,
@@ -251,12 +260,55 @@ def check_yield(
         )
     retrain = value < threshold
     verdict = f"is below {rule}: retrain" if retrain else f"is not below {rule}: no retrain"
+    judge = functools.partial(_yield, mode=mode, confidence=confidence, feedback=feedback, ok_class=ok_class)
+    slices = _judge_slices(window, baseline_window, judge, threshold, yield_drop_tolerance, yield_floor)
+    tripped = [name for name, figures_ in slices.items() if figures_["retrain"]]
+    if tripped and not retrain:
+        window = [record for record in window if _slice(record) in tripped]
+        verdict = (f"is not below {rule}, but slice(s) {', '.join(tripped)} are below theirs: "
+                   f"retrain on their {len(window)} predictions")
+    if window_out is not None:
+        _write_window(window_out, window, feedback)
     return MonitorResult(
-        retrain=retrain, yield_value=value, baseline=baseline, threshold_used=threshold, mode=mode,
+        retrain=retrain or bool(tripped), yield_value=value, baseline=baseline, threshold_used=threshold, mode=mode,
         window_size=len(window), model_version=version, truncated_tail=truncated,
-        broken_lines=len(broken), **figures,
-        reason=f"yield {value:.3f} as {measure} {verdict}{notes}.",
+        broken_lines=len(broken), **figures, slices=slices,
+        reason=f"yield {value:.3f} as {measure} {verdict}{notes}{_slices_note(slices)}.",
     )
+
+
+def _slice(record: dict[str, Any]) -> str:
+    return str(record.get("slice") or "")
+
+
+def _judge_slices(window: list[dict[str, Any]], baseline_window: list[dict[str, Any]],
+                  judge: Callable[[Sequence[dict[str, Any]]], float], threshold: float,
+                  tolerance: float, floor: float) -> dict[str, dict[str, Any]]:
+    """Each named slice (line, camera) with at least MIN_SLICE_RECORDS predictions in the window,
+    judged on its own: a drift on one camera is otherwise diluted by the others. With the
+    baseline rule (`baseline_window` given) a slice is held against its own baseline."""
+    names = sorted({_slice(record) for record in window})
+    if names == [""]:
+        return {}
+    judged = {}
+    for name in names:
+        records = [record for record in window if _slice(record) == name]
+        if len(records) < MIN_SLICE_RECORDS:
+            continue
+        own = [record for record in baseline_window if _slice(record) == name]
+        limit = max(judge(own) - tolerance, floor) if len(own) >= MIN_SLICE_RECORDS else threshold
+        value = judge(records)
+        judged[name or "(none)"] = {"count": len(records), "yield_value": value, "threshold": limit,
+                                   "retrain": value < limit}
+    return judged
+
+
+def _slices_note(slices: dict[str, dict[str, Any]]) -> str:
+    if not slices:
+        return ""
+    shown = [f"{name} {figures['yield_value']:.3f}" + (f" < {figures['threshold']:.3f}" if figures["retrain"] else "")
+             + f" (n={figures['count']})" for name, figures in slices.items()]
+    return "; slices: " + ", ".join(shown)
 
 
 def _atc_threshold(records: Sequence[dict[str, Any]]) -> float | None:

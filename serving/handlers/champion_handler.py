@@ -7,7 +7,9 @@ A client may name the request with `X-Ctloop-Request-ID` (a part's serial number
 characters of A-Z a-z 0-9 . _ : -) so that ground-truth feedback can refer to it later; otherwise
 TorchServe's request id is used. Either way the answer carries the id used in its
 `X-Ctloop-Request-ID` header (TorchServe sets `X-Request-ID` itself, always to its own id), and
-the log keys each record by TorchServe's id, so a client's id may repeat.
+the log keys each record by TorchServe's id, so a client's id may repeat. `X-Ctloop-Slice` (the
+same characters) names the line or camera, which the record keeps for the monitor's per-slice
+yield.
 
 Hostile bodies are refused before they cost memory: a picture by the pixel count in its header
 (`max_image_pixels`), JSON by its size, nesting depth and digit runs (`max_json_bytes`); both
@@ -30,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from ctloop_handler_base import CtloopHandler, Outcome, RequestError, setting
 from prediction_log import PredictionLog, StoreLimits
 
-from ctloop.wire import CANARY_HEADER, NPY_MAGIC, REQUEST_ID_HEADER, VERSION_HEADER
+from ctloop.wire import CANARY_HEADER, NPY_MAGIC, REQUEST_ID_HEADER, SLICE_HEADER, VERSION_HEADER
 
 IMAGE_MAGICS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # a 40-megapixel line camera (8000 x 5000); grey, 40 MB decoded
@@ -100,7 +102,8 @@ class ChampionHandler(CtloopHandler):
         self.context.set_response_header(idx, VERSION_HEADER, self.model_version)
         self.context.set_response_header(idx, REQUEST_ID_HEADER, request_id)
         if self.log is not None and self.request_header(idx, CANARY_HEADER) != "1":
-            self.log.append(request_id, server_id, outcome.images, labels, names, confidences)
+            self.log.append(request_id, server_id, outcome.images, labels, names, confidences,
+                            self.request_header(idx, SLICE_HEADER) or "")
         return [
             {"label": label, "class_name": name, "confidence": confidence}
             for label, name, confidence in zip(labels, names, confidences)

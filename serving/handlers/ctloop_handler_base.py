@@ -163,9 +163,10 @@ class CtloopHandler(BaseHandler):
         outcomes = []
         for idx, request in enumerate(data):
             try:
-                request_id = self.request_header(idx, wire.REQUEST_ID_HEADER)
-                if request_id is not None and (problem := wire.request_id_problem(request_id)):
-                    raise RequestError(problem)
+                for header in (wire.REQUEST_ID_HEADER, wire.SLICE_HEADER):
+                    value = self.request_header(idx, header)
+                    if value is not None and (problem := wire.header_problem(header, value)):
+                        raise RequestError(problem)
                 images = check_batch(self.decode(request_body(request)), self.image_size, self.max_images)
                 outcomes.append(Outcome(images=images))
             except RequestError as error:

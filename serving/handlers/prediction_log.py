@@ -61,7 +61,7 @@ class PredictionLog:
         self.lost, self.lost_since = 0, 0.0
 
     def append(self, request_id: str, server_id: str, images: np.ndarray, labels: list[int],
-               names: list[str], confidences: list[float]) -> None:
+               names: list[str], confidences: list[float], slice_name: str = "") -> None:
         """Log one answered request; never raises for the store's sake (the answer matters more)."""
         now = time.time()
         try:
@@ -69,7 +69,7 @@ class PredictionLog:
             marker = self._lost_marker(now)
             records = [wire.prediction_record(request_id, server_id, now, self.model_name, self.model_version, item,
                                               label, name, confidence, f"{segment.samples_ref}#{segment.count + item}",
-                                              self.atc_threshold)
+                                              self.atc_threshold, slice_name)
                        for item, (label, name, confidence) in enumerate(zip(labels, names, confidences))]
             segment.write(np.ascontiguousarray(images, dtype=np.float32).tobytes(),
                           (marker + "".join(json.dumps(record) + "\n" for record in records)).encode("utf-8"),

@@ -151,6 +151,18 @@ def test_a_malformed_request_id_is_refused_and_not_logged(
     assert [(record["request_id"], record["server_id"]) for record in records] == [("line-2:part-0042", "req-1")]
 
 
+def test_the_slice_header_is_checked_and_recorded(
+    model_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, random_images
+) -> None:
+    monkeypatch.setenv("CTLOOP_STORE_DIR", str(tmp_path / "store"))
+    handler, context = loaded(ChampionHandler, model_files["champion"], tmp_path, "champion",
+                              headers=[{"X-Ctloop-Slice": "line 2"}, {"X-Ctloop-Slice": "camera-2"}, {}])
+    answers = run(handler, context, [encode_batch(random_images(1, 6))] * 3)
+    assert [status for status, _ in answers] == [400, 200, 200]
+    assert answers[0][1]["error"].startswith("X-Ctloop-Slice must be 1-128 characters")
+    assert [record["slice"] for record in store.read_store(tmp_path / "store").records] == ["camera-2", ""]
+
+
 def test_a_model_file_replaced_inside_the_archive_does_not_load(model_files: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(model_files["champion"].read_bytes())
     built_with = hashlib.sha256(model_files["champion"].read_bytes()).hexdigest()

@@ -387,3 +387,27 @@ def test_audited_parts_hold_the_estimate_against_the_truth(prediction_store, tmp
         "confidence", 0.8, 4, 0.75)
     assert result.reason.endswith("; estimated accuracy (ATC) 0.800; accuracy on the 4 audited parts 0.750.")
     assert result.metrics()["audited_accuracy"] == 0.75 and result.metrics()["audited"] == 4.0
+
+
+def test_a_drift_on_one_camera_retrains_on_that_camera(prediction_store, tmp_path):
+    """Overall 0.75 (not below 0.7), but camera-2's 0.5 is: the window handed to collect is its own."""
+    for camera, confident in (("camera-1", 40), ("camera-2", 20)):
+        prediction_store.log_many([0.95] * confident + [0.3] * (40 - confident), slice_name=camera)
+    out = tmp_path / "window.jsonl"
+    result = run(prediction_store.root, recent_window=80, window_out=out)
+    assert (result.yield_value, result.retrain, result.window_size) == (0.75, True, 40)
+    assert result.slices == {
+        "camera-1": {"count": 40, "yield_value": 1.0, "threshold": 0.7, "retrain": False},
+        "camera-2": {"count": 40, "yield_value": 0.5, "threshold": 0.7, "retrain": True}}
+    assert "but slice(s) camera-2 are below theirs: retrain on their 40 predictions" in result.reason
+    assert result.reason.endswith("; slices: camera-1 1.000 (n=40), camera-2 0.500 < 0.700 (n=40).")
+    assert {json.loads(line)["slice"] for line in out.read_text().splitlines()} == {"camera-2"}
+    assert result.metrics()["slice_camera-2_yield"] == 0.5
+
+
+def test_slices_too_small_to_judge_and_unnamed_windows_are_not_split(prediction_store):
+    prediction_store.log_many([0.95] * 10, slice_name="camera-1")  # 10 < 30: reported nowhere, judged overall
+    prediction_store.log_many([0.95] * 40)
+    result = run(prediction_store.root, recent_window=50)
+    assert result.slices == {"(none)": {"count": 40, "yield_value": 1.0, "threshold": 0.7, "retrain": False}}
+    assert run(prediction_store.root, recent_window=40).slices == {}  # no named slice in the window
