@@ -1,5 +1,6 @@
 """The compiled pipeline: each stage's image from the registry and tag, and for the cluster the
-kfp-kubernetes settings (PVC mounts, Secret and ConfigMap env); none of it in a local compile."""
+kfp-kubernetes settings (PVC mounts, Secret and ConfigMap env, pod labels); none of it in a local
+compile."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 from kfp import compiler
 
+from cicd_support import ROOT
 from kubeflow_pipeline import kubernetes as cluster
 from kubeflow_pipeline.images import STAGES, ImageSettings
 from kubeflow_pipeline.pipeline import build_pipeline
@@ -61,6 +63,46 @@ def test_cluster_compile_mounts_claims_and_injects_env(cluster_docs: list[dict])
             settings = maps.get(cluster.PIPELINE_CONFIG_MAP, set())
             assert ("MLFLOW_TRACKING_URI" in settings) == needs.mlflow, name
             assert ("CTLOOP_SERVING_DEPLOYMENT" in settings) == needs.serving_fleet, name
+
+
+def test_stages_that_use_mlflow_log_in_with_the_secret(cluster_docs: list[dict]) -> None:
+    """MLflow runs its basic-auth app: the stages given its URI get the admin's name and password
+    from the Secret (required), as MLflow's client reads them; the others get neither."""
+    spec, platform = cluster_docs
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for stage in STAGES:
+        for name in executor_of(spec, stage):
+            secrets = {s["secretName"]: s for s in executors[name]["secretAsEnv"]}
+            credentials = secrets.get(cluster.MLFLOW_AUTH_SECRET)
+            assert (credentials is not None) == cluster.NEEDS[stage].mlflow, name
+            if credentials is not None:
+                assert {(k["secretKey"], k["envVar"]) for k in credentials["keyToEnv"]} == {
+                    ("username", "MLFLOW_TRACKING_USERNAME"), ("password", "MLFLOW_TRACKING_PASSWORD")}, name
+                assert credentials["optional"] is False, name
+
+
+def test_every_task_pod_is_labelled_for_the_network_policies(cluster_docs: list[dict]) -> None:
+    """The labels k8s/base/network-policies.yaml selects (tests/unit/test_locked_down.py follows
+    them through the policies)."""
+    spec, platform = cluster_docs
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for stage in STAGES:
+        for name in executor_of(spec, stage):
+            assert executors[name]["podMetadata"]["labels"] == cluster.pod_labels(cluster.NEEDS[stage]), name
+    labelled = {s for s in STAGES if cluster.MLFLOW_CLIENT_LABEL in cluster.pod_labels(cluster.NEEDS[s])}
+    assert labelled == {"collect", "train", "analyze", "deploy"}
+
+
+def test_tasks_run_as_the_images_non_root_user_without_a_security_context(cluster_docs: list[dict]) -> None:
+    """KFP 2.14 and 2.15 refuse a task's securityContext setting (their API server parses the
+    Kubernetes settings strictly), so the compiled pipeline carries none; the stage images' own
+    numeric non-root user is what runs, and what KFP 2.16's runAsNonRoot default can verify."""
+    _, platform = cluster_docs
+    for name, config in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+        assert "securityContext" not in config, name
+    users = [line.split()[1] for line in (ROOT / "components" / "Dockerfile").read_text().splitlines()
+             if line.startswith("USER ")]
+    assert users == ["10001:1000"], "numeric, so the kubelet can check runAsNonRoot"
 
 
 def test_every_task_pulls_with_the_image_pull_secret(cluster_docs: list[dict]) -> None:

@@ -191,7 +191,8 @@ def test_production_storage_class_is_set_in_one_place(tmp_path) -> None:
         == {"efs-sc"}
 
 
-@pytest.mark.parametrize("name", ["slack.yaml", "torchserve-token.yaml", "kfp-credentials.yaml", "registry-pull.yaml"])
+@pytest.mark.parametrize("name", ["slack.yaml", "torchserve-token.yaml", "kfp-credentials.yaml", "registry-pull.yaml",
+                                  "mlflow-auth.yaml"])
 def test_secret_templates_validate_and_hold_only_placeholders(name: str) -> None:
     secret = yaml.safe_load((ROOT / "k8s" / "secrets" / name).read_text())
     kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
@@ -205,6 +206,7 @@ def test_pipeline_secrets_match_the_templates() -> None:
     assert {"management-key", "inference-key"} <= set(names[cluster.TORCHSERVE_SECRET])
     assert "webhook-url" in names[cluster.SLACK_SECRET]
     assert ".dockerconfigjson" in names[cluster.IMAGE_PULL_SECRET]
+    assert {"username", "password"} <= set(names[cluster.MLFLOW_AUTH_SECRET])
 
 
 def test_install_job_seeds_what_the_pipeline_reads() -> None:
