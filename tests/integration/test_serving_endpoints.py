@@ -162,11 +162,16 @@ def test_the_metrics_endpoint_speaks_prometheus(serving, random_images) -> None:
     per model and version, parsed with prometheus_client's own parser."""
     before = _champion_requests(serving)
     serving.client.predict("champion", random_images(3, 41))
-    families = {family.name: family for family in text_string_to_metric_families(
-        requests.get(f"{serving.server.metrics_url}/metrics", timeout=10).text)}
-    assert {"ts_inference_requests", "ts_inference_latency_microseconds", "ts_queue_latency_microseconds"} <= set(
-        families), sorted(families)
+    samples = {sample.name for family in text_string_to_metric_families(
+        requests.get(f"{serving.server.metrics_url}/metrics", timeout=10).text) for sample in family.samples}
+    # the names the Grafana dashboard of k8s/optional/monitoring asks for (tests/unit/test_monitoring_manifests.py)
+    assert {"ts_inference_requests_total", "ts_inference_latency_microseconds_total",
+            "ts_queue_latency_microseconds_total"} <= samples, [name for name in sorted(samples) if name.startswith("ts_")]
     assert _champion_requests(serving) == before + 1
+    text = requests.get(f"{serving.server.metrics_url}/metrics", timeout=10).text
+    labelled = [sample.labels for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == "ts_inference_requests_total"]
+    assert labelled and all({"model_name", "model_version"} <= labels.keys() for labels in labelled)  # its grouping
 
 
 def _champion_requests(serving) -> float:
