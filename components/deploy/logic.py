@@ -132,7 +132,8 @@ def deploy_challenger(
         try:
             previous = registry.promote_replacing(registered_model, version, champion, tracking_uri)
         except registry.RegistryError as error:
-            _switch_back(client, serving_name, record.old_version, version)
+            _switch_back(client, serving_name, record.old_version, version,
+                         None if archive.name in state.archives() else archive)
             raise DeployFailedError(
                 f"{serving_name} version {version} served but the registry alias could not move, "
                 f"so serving was switched back to version {record.old_version}: {error}"
@@ -169,8 +170,12 @@ def _settle(client: TorchServeClient, model_store: Path, state: ServingState, se
     return doomed
 
 
-def _switch_back(client: TorchServeClient, serving_name: str, old: str | None, new: str) -> None:
-    """Undo a deploy whose alias could not move: the old default serves again, the new version goes."""
+def _switch_back(client: TorchServeClient, serving_name: str, old: str | None, new: str,
+                 archive: Path | None) -> None:
+    """Undo a deploy whose alias could not move: the old default serves again, the new version
+    goes, and so does `archive`, the new version's archive (None: the desired state lists it)."""
     if old is not None:
         client.set_default(serving_name, old)
         client.unregister(serving_name, new)
+        if archive is not None:
+            archive.unlink(missing_ok=True)

@@ -13,18 +13,22 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import psutil
+import torch
+from torch import nn
 
 from ctloop import registry
 from ctloop.images import ImageSet
+from ctloop.modelfile import load_model, save_model
 from ctloop_app.stack import REGISTERED_MODEL, LocalStack
 from serving import store
 from serving.client import TorchServeClient, TorchServeError
 
 
-def check_invariants(stack: LocalStack, golden_set: Path, answered: int, cut_short_tail: bool = False) -> str:
+def check_invariants(stack: LocalStack, golden_set: Path, answered: int, cut_short_tail: bool = False,
+                     dead_workers: Collection[int] = ()) -> str:
     """Assert the invariants; returns the champion version.
 
     Args:
@@ -32,6 +36,8 @@ def check_invariants(stack: LocalStack, golden_set: Path, answered: int, cut_sho
         golden_set: labelled images to ask the champion about (sent as canaries: not logged).
         answered: champion requests answered with 200 since the stack started, one image each.
         cut_short_tail: the test itself cut the log's last line short.
+        dead_workers: pids of champion workers the test killed; each one's own segments may end
+            in a cut-short line (where the kill fell is chance), no other segment may.
     """
     champion = registry.require_alias(REGISTERED_MODEL, registry.CHAMPION, stack.tracking_uri)
     client = TorchServeClient(stack.torchserve.inference_url, stack.torchserve.management_url,
@@ -43,15 +49,17 @@ def check_invariants(stack: LocalStack, golden_set: Path, answered: int, cut_sho
         assert answer.model_version == champion and len(answer.labels) == len(images)
     finally:
         client.close()
-    _check_prediction_log(stack.store_dir, answered, cut_short_tail)
+    _check_prediction_log(stack.store_dir, answered, cut_short_tail, dead_workers)
     _check_registry(stack.tracking_uri)
     return champion
 
 
-def _check_prediction_log(store_dir: Path, answered: int, cut_short_tail: bool) -> None:
+def _check_prediction_log(store_dir: Path, answered: int, cut_short_tail: bool, dead_workers: Collection[int]) -> None:
     found = store.read_store(store_dir)
     records = found.records
-    assert bool(found.cut_short) == cut_short_tail
+    dead = tuple(f"-{pid}.jsonl" for pid in dead_workers)
+    unexpected = [name for name in found.cut_short if not name.endswith(dead)]
+    assert bool(unexpected) == cut_short_tail, f"segments ending in a cut-short line: {found.cut_short}"
     assert found.broken == [], f"broken lines in the prediction store: {found.broken}"
     assert len(records) == answered, f"{len(records)} logged predictions for {answered} answered requests"
     keys = Counter((record["server_id"], record["item"]) for record in records)
@@ -136,3 +144,23 @@ def stage_process(function: str) -> psutil.Process | None:
         if command and "python" in Path(command[0]).name and function in " ".join(command):
             return child
     return None
+
+
+class _SwappedClasses(nn.Module):
+    def __init__(self, model: nn.Module, order: list[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("order", torch.tensor(order))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).index_select(1, self.order)
+
+
+def swap_classes(model_file: Path, first: int, second: int, out: Path) -> Path:
+    """A copy of a ctloop model file (same card) whose scores for classes `first` and `second`
+    trade places: a model that is wrong in one consistent way, as sure of itself as before."""
+    model, card = load_model(model_file)
+    order = list(range(len(card.class_names)))
+    order[first], order[second] = second, first
+    save_model(_SwappedClasses(model, order), card, out)
+    return out

@@ -1,11 +1,13 @@
-"""Hostile and odd inputs at the pipeline level (the per-stage cases are in tests/components,
-tests/serving and tests/test_images_config.py): each gets a clear error naming the problem, and
-nothing is deployed; or, for legitimate oddities, the cycle copes and the guards hold."""
+"""Hostile and odd inputs at the pipeline level (the per-stage cases are in tests/unit and
+tests/integration): each gets a clear error naming the problem, and nothing is deployed; or, for
+legitimate oddities (a window of one class), the cycle copes and the guards hold; and a window
+the branch models agree on wrongly (a poisoned window) is refused by analyze's pseudo-label gate."""
 
 from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +15,15 @@ import requests
 from PIL import Image
 
 from components.consensus.logic import consensus_filter
+from ctloop import registry
 from ctloop.config import PipelineConfig
+from ctloop.images import ImageSet
 from ctloop.wire import encode_batch
-from pipeline_support import cycle, outbox, play, versions
-from reliability_support import check_invariants
+from ctloop_app.stack import REGISTERED_MODEL
+from pipeline_support import BRANCHES, cycle, declare, outbox, play, versions
+from reliability_support import check_invariants, swap_classes
 from serving import store
+from serving.archive import build_archive
 
 WINDOW = 150
 SMALL = PipelineConfig(recent_window=WINDOW, min_samples=50, train_epochs=30)
@@ -82,19 +88,65 @@ def test_nan_samples_in_the_store_fail_validate_with_an_alert(stack, boot, tmp_p
 
 @pytest.mark.serving
 @pytest.mark.slow
-def test_a_window_of_one_class_retrains_without_forgetting_the_others(stack, boot, tmp_path) -> None:
-    """A line that only made 3s for a while: a legitimate window. Merging the previous training set
-    keeps every class in training, and the golden-set guard stops a challenger that forgot them."""
+def test_a_window_of_one_class_trains_on_every_class_and_is_not_deployed_without_evidence(
+        stack, boot, tmp_path) -> None:
+    """A line that only made 3s for a while: a legitimate window, and the cycle runs through.
+    Merging the previous training set keeps every class in training, so the challenger forgets
+    none (the golden-set criterion passes); but a holdout of one class cannot show a gain over
+    ten, so analyze does not deploy and says so, and v1 stays the champion."""
     answered = len(play(stack, boot, drift=True, window=WINDOW, only_class=3))
     run = cycle(stack, boot, tmp_path, SMALL)
     assert run.succeeded, run.error
-    assert run.task("consensus-op").artifacts["metrics"]["metadata"]["kept"] > 0
-    metrics = run.task("analyze-op").artifacts["metrics"]["metadata"]
-    deployed = run.task("deploy-op") is not None
-    if deployed:
-        assert metrics["challenger_golden_accuracy"] >= metrics["champion_golden_accuracy"] - 0.02
-    expected = "2" if deployed else "1"
-    assert check_invariants(stack, boot.golden_set, answered) == expected
+    assert run.task("monitor-op").parameters["Output"] is True
+    assert run.task("collect-op").parameters["new_samples"] == WINDOW
+    train = ImageSet.load(run.task("consensus-op").artifacts["train_set"]["uri"])
+    holdout = ImageSet.load(run.task("consensus-op").artifacts["holdout_set"]["uri"])
+    assert np.bincount(train.labels, minlength=10).min() >= 50, "a class is missing from training"
+    assert np.bincount(holdout.labels, minlength=10).argmax() == 3 and len(holdout) < 20
+
+    assert run.task("analyze-op").parameters["Output"] is False and run.task("deploy-op") is None
+    reasons = json.loads(Path(run.task("analyze-op").artifacts["decision"]["uri"]).read_text())["reasons"]
+    per_class = ", ".join(str(count) for count in np.bincount(holdout.labels, minlength=10))
+    assert (f"Not enough evidence: the holdout has {len(holdout)} samples (per class: {per_class}), fewer than the "
+            "20 required (2 per class for 10 classes); not deploying.") in reasons
+    assert [reason for reason in reasons if "on the golden set" in reason][0].startswith("Pass: "), reasons
+    [message] = [text for text in outbox(stack) if text.startswith("Challenger not deployed: ")]
+    assert f"the holdout has {len(holdout)} samples (per class: {per_class})" in message
+    assert versions(stack) == ["1", "2"]
+    assert check_invariants(stack, boot.golden_set, answered) == "1"
+
+
+@pytest.mark.serving
+@pytest.mark.slow
+def test_a_poisoned_window_is_refused_by_the_pseudo_label_gate(stack, boot, tmp_path) -> None:
+    """B1 and B2 both answer 5 for a 3 and 3 for a 5, as sure as ever: they agree, so consensus
+    keeps those parts with the wrong label, the challenger learns it, and the holdout that should
+    show its gain carries the same wrong labels. The parts feedback audited show the pseudo-labels'
+    precision below min_pseudo_label_precision: analyze refuses, Slack says why, v1 stays."""
+    for role in BRANCHES:  # installed that way: version 2 of each branch, the only one, in the desired state
+        poisoned = swap_classes(boot.model_files[role], 3, 5, tmp_path / f"{role}-poisoned.pt")
+        stack.client.register(build_archive(poisoned, role, "2", stack.model_store).name, role)
+        stack.client.set_default(role, "2")
+        stack.client.unregister(role, "1")
+    declare(stack.model_store, {"champion": "1", "b1": "2", "b2": "2"})
+    answered = len(play(stack, boot, drift=True, window=WINDOW))
+    run = cycle(stack, boot, tmp_path, SMALL)
+    assert run.succeeded, run.error
+    audit = run.task("consensus-op").parameters
+    precision, audited = audit["pseudo_label_precision"], audit["audited_pseudo_labels"]
+    assert audited >= SMALL.min_audited_parts and precision < SMALL.min_pseudo_label_precision, audit
+    gate = (f"Fail: pseudo-label precision {precision:.3f} on {audited} audited parts is below "
+            f"min_pseudo_label_precision {SMALL.min_pseudo_label_precision:.3f}: the challenger was trained and "
+            "judged on labels too often wrong; not deploying.")
+    # The gate alone refuses: judged on the poisoned holdout, the challenger passes everything else.
+    reasons = json.loads(Path(run.task("analyze-op").artifacts["decision"]["uri"]).read_text())["reasons"]
+    assert [reason for reason in reasons if not reason.startswith("Pass: ")] == [gate], reasons
+    assert run.task("analyze-op").parameters["Output"] is False and run.task("deploy-op") is None
+    [message] = [text for text in outbox(stack) if text.startswith("Challenger not deployed: ")]
+    assert gate in message
+    assert registry.get_version_by_alias(REGISTERED_MODEL, "challenger", stack.tracking_uri) == "2"
+    assert versions(stack) == ["1", "2"]
+    assert check_invariants(stack, boot.golden_set, answered) == "1"
 
 
 @pytest.mark.parametrize(
