@@ -147,3 +147,20 @@ def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 1024) 
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(chunks)
+
+
+@torch.inference_mode()
+def embed(model: nn.Module, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Penultimate-layer features (N, D) for float32 images (N, H, W) in [0, 1], from the
+    model's exported `embed` (every family of ctloop.models has one).
+
+    Raises:
+        ModelFileError: the model has no `embed` (a file saved by a ctloop without it).
+    """
+    if not hasattr(model, "embed"):
+        raise ModelFileError(f"{type(model).__name__} has no embed method: retrain it with this ctloop "
+                             "(its families export the penultimate layer) to measure input drift")
+    chunks = [model.embed(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).unsqueeze(1))
+              .numpy() for start in range(0, len(images), batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+

@@ -14,7 +14,8 @@ a defect a few pixels wide still reaches the classifier instead of being average
 - `mixer`, an MLP-Mixer over raw pixel patches, is a further family to choose: 0.99 on digits,
   but 0.67 on the parts line, where 1,500 training images are too few for it.
 
-Every model takes float32 (N, 1, H, W) in [0, 1] and returns logits (N, classes).
+Every model takes float32 (N, 1, H, W) in [0, 1] and returns logits (N, classes); its exported
+`embed` returns the penultimate layer (N, 128), the features the input-drift test compares.
 """
 
 from __future__ import annotations
@@ -82,7 +83,11 @@ class ResidualCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.embed(x))
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
 
 
 class DilatedCNN(nn.Module):
@@ -102,7 +107,11 @@ class DilatedCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(self.standardize(x)))
+        return self.classifier(self.embed(x))
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.standardize(x))
 
 
 class MixerBlock(nn.Module):
@@ -130,16 +139,20 @@ class PatchMixer(nn.Module):
         patch = stem_stride(image_size, 8)
         tokens = math.ceil(image_size[0] / patch) * math.ceil(image_size[1] / patch)
         self.standardize = Standardize()
-        self.embed = nn.Conv2d(1, 64, patch, stride=patch, padding=0)
+        self.patches = nn.Conv2d(1, 64, patch, stride=patch, padding=0)
         self.pad = nn.ZeroPad2d((0, -image_size[1] % patch, 0, -image_size[0] % patch))
         self.blocks = nn.Sequential(MixerBlock(tokens, 64), MixerBlock(tokens, 64))
         self.norm = nn.LayerNorm(64)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.embed(self.pad(self.standardize(x))).flatten(2).transpose(1, 2)
+        return self.classifier(self.embed(x))
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(self.pad(self.standardize(x))).flatten(2).transpose(1, 2)
         tokens = self.norm(self.blocks(tokens))
-        return self.classifier(torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=1))
+        return torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=1)
 
 
 class GradientSeparableCNN(nn.Module):
@@ -160,9 +173,13 @@ class GradientSeparableCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+    @torch.jit.export
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.standardize(x)
         edges = nn.functional.conv2d(x, self.gradients, padding=1).abs()
-        return self.classifier(self.features(torch.cat([x, edges], dim=1)))
+        return self.features(torch.cat([x, edges], dim=1))
 
 
 def separable(inputs: int, outputs: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:

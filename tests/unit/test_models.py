@@ -10,7 +10,7 @@ import torch
 
 from ctloop.drift import DRIFT_KINDS, apply_drift
 from ctloop.images import ImageSet
-from ctloop.modelfile import ModelCard, ModelFileError, load_model, predict_proba, save_model
+from ctloop.modelfile import ModelCard, ModelFileError, embed, load_model, predict_proba, save_model
 from ctloop.models import FAMILIES, ROLES, build_model
 from ctloop.simulator import digits_split
 from ctloop.training import RECIPES, TrainConfig, accuracy, champion_recipe, train_model, with_epochs
@@ -29,6 +29,25 @@ def test_every_family_maps_its_input_size_to_class_logits(family: str, size: tup
     save_model(model, ModelCard("champion", tuple("abcd"), size, type(model).__name__), tmp_path / "model.pt")
     probabilities = predict_proba(load_model(tmp_path / "model.pt")[0], np.random.default_rng(0).random((3, *size), np.float32))
     assert probabilities.shape == (3, 4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_exports_the_penultimate_layer_its_classifier_reads(family: str, tmp_path: Path) -> None:
+    """The drift test's features survive the model file and are exactly what the head classifies."""
+    model = build_model("champion", 4, (8, 8), family).eval()
+    save_model(model, ModelCard("champion", tuple("abcd"), (8, 8), type(model).__name__), tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")[0]
+    images = np.random.default_rng(0).random((5, 8, 8), np.float32)
+    features = embed(loaded, images)
+    assert features.shape == (5, 128)
+    with torch.inference_mode():
+        logits = loaded.classifier(torch.from_numpy(features)).numpy()
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), predict_proba(loaded, images), atol=1e-5)
+
+
+def test_embed_names_a_model_without_the_method() -> None:
+    with pytest.raises(ModelFileError, match="Linear has no embed method"):
+        embed(torch.nn.Linear(64, 10), np.zeros((2, 8, 8), np.float32))
 
 
 def test_build_model_rejects_unknown_role_family_and_single_class() -> None:
