@@ -45,6 +45,9 @@ IMAGE_PULL_SECRET_ENV = "CTLOOP_IMAGE_PULL_SECRET"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 TORCHSERVE_MANAGEMENT_LABEL = "ctloop.dev/torchserve-management"
 MLFLOW_CLIENT_LABEL = "ctloop.dev/mlflow-client"
+# Every stage's pod may push its figures to the Pushgateway of k8s/components/monitoring, whose
+# NetworkPolicy admits this label; the URL comes from the ConfigMap (empty: no push).
+METRICS_PUSH_LABEL = "ctloop.dev/metrics-push"
 
 
 def image_pull_secret() -> str:
@@ -78,7 +81,7 @@ NEEDS: dict[str, StageNeeds] = {
 
 def pod_labels(needs: StageNeeds) -> dict[str, str]:
     """The labels a stage's pod carries for the NetworkPolicies."""
-    labels = {PART_OF_LABEL: "ctloop"}
+    labels = {PART_OF_LABEL: "ctloop", METRICS_PUSH_LABEL: "true"}
     if needs.torchserve_keys:
         labels[TORCHSERVE_MANAGEMENT_LABEL] = "true"
     if needs.mlflow:
@@ -88,7 +91,7 @@ def pod_labels(needs: StageNeeds) -> dict[str, str]:
 
 def apply_cluster_settings(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTask:
     """Mount the PVCs and inject the env `stage` needs and label its pod for the NetworkPolicies;
-    every stage gets the Slack webhook and the image pull secret."""
+    every stage gets the Slack webhook, the image pull secret and the Pushgateway's URL."""
     needs = NEEDS[stage]
     for key, value in pod_labels(needs).items():
         k8s.add_pod_label(task, key, value)
@@ -105,9 +108,10 @@ def apply_cluster_settings(task: dsl.PipelineTask, stage: str) -> dsl.PipelineTa
             "inference-key": "CTLOOP_TS_INFERENCE_KEY",
         })
     settings = {**({"mlflow-tracking-uri": "MLFLOW_TRACKING_URI"} if needs.mlflow else {}),
-                **({"serving-deployment": "CTLOOP_SERVING_DEPLOYMENT"} if needs.serving_fleet else {})}
-    if settings:  # one call per ConfigMap: a second one for the same map replaces the first
-        k8s.use_config_map_as_env(task, PIPELINE_CONFIG_MAP, settings)
+                **({"serving-deployment": "CTLOOP_SERVING_DEPLOYMENT"} if needs.serving_fleet else {}),
+                "pushgateway-url": "CTLOOP_PUSHGATEWAY_URL"}
+    # one call per ConfigMap: a second one for the same map replaces the first
+    k8s.use_config_map_as_env(task, PIPELINE_CONFIG_MAP, settings)
     if needs.mlflow:
         k8s.use_secret_as_env(task, MLFLOW_AUTH_SECRET, MLFLOW_CREDENTIALS)
     # Optional: without a webhook the messages go to the stage's outbox (CTLOOP_SLACK_OUTBOX) and log.

@@ -57,6 +57,7 @@ def analyze_op(
 
     from components.analyze.logic import PseudoLabelGate, analyze_against_champion
     from ctloop.alerts import alert_on_failure
+    from ctloop.pushmetrics import push_figures
 
     with alert_on_failure("analyze", run_name):
         pseudo_labels = PseudoLabelGate(pseudo_label_precision, audited_pseudo_labels, min_pseudo_label_precision,
@@ -68,6 +69,7 @@ def analyze_op(
                                           pseudo_labels=pseudo_labels)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
+    push_figures("analyze", {**result.metrics(), "deploy": result.deploy})
     outputs = {("challenger", "holdout"): challenger_new_data, ("champion", "holdout"): champion_new_data,
                ("challenger", "golden"): challenger_golden, ("champion", "golden"): champion_golden}
     for key, matrix in result.confusion_matrices().items():

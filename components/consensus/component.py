@@ -49,6 +49,7 @@ def consensus_op(
 
     from components.consensus.logic import consensus_filter_on_torchserve
     from ctloop.alerts import alert_on_failure
+    from ctloop.pushmetrics import push_figures
 
     with alert_on_failure("consensus-filter", run_name):
         result = consensus_filter_on_torchserve(Path(collected.path), ts_inference_url, ts_management_url,
@@ -56,6 +57,7 @@ def consensus_op(
                                                 Path(holdout_set.path), Path(report.path), new_repeat)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
+    push_figures("consensus", result.metrics())
     outputs = namedtuple("ConsensusOutputs",
                          "kept kept_share disagreement pseudo_label_precision audited_pseudo_labels")
     return outputs(result.kept, result.kept_share, result.disagreement, result.precision_or_zero,

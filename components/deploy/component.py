@@ -42,6 +42,7 @@ def deploy_op(
 
     from components.deploy.logic import deploy_to_torchserve
     from ctloop.alerts import alert_on_failure
+    from ctloop.pushmetrics import push_figures
 
     with alert_on_failure("deploy", run_name):
         outcome = deploy_to_torchserve(Path(challenger.path), version, Path(canary_set.path), Path(model_store),
@@ -49,6 +50,7 @@ def deploy_op(
                                        keep_versions, Path(decision.path))
     for name, value in outcome.metrics().items():
         metrics.log_metric(name, value)
+    push_figures("deploy", {**outcome.metrics(), **outcome.summary()})
     return namedtuple("DeployOutputs", "old_version new_version status")(**outcome.outputs())
 
 
@@ -68,8 +70,10 @@ def reconcile_op(model_store: str, ts_inference_url: str, ts_management_url: str
 
     from components.deploy.reconcile import reconcile_serving
     from ctloop.alerts import alert_on_failure
+    from ctloop.pushmetrics import push_figures
 
     with alert_on_failure("reconcile", run_name):
         result = reconcile_serving(Path(model_store), ts_inference_url, ts_management_url, mlflow_tracking_uri,
                                    registered_model, run_name)
+    push_figures("reconcile", {"serving_version": result.champion})
     return result.champion or ""

@@ -53,6 +53,14 @@ class DeployOutcome:
             figures["canary_accuracy"] = self.canary_accuracy
         return figures
 
+    def summary(self) -> dict[str, float | str]:
+        """The deploy in three figures, for Prometheus (ctloop.pushmetrics): `deploy_seconds`, the
+        steps' total; `deployed`, 1.0, or 0.0 when superseded; `serving_version`, the version now
+        serving as the default (the new one, or the one that superseded it)."""
+        serving = self.new_version if self.status == DEPLOYED else (self.old_version or "")
+        return {"deploy_seconds": float(sum(step["seconds"] for step in self.steps)),
+                "deployed": float(self.status == DEPLOYED), "serving_version": serving}
+
     def outputs(self) -> dict[str, str]:
         """The stage's outputs by name; old_version is "" when nothing served before (a kfp
         output cannot be None)."""

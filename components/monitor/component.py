@@ -39,6 +39,7 @@ def monitor_op(
 
     from components.monitor.logic import check_store_yield
     from ctloop.alerts import alert_on_failure
+    from ctloop.pushmetrics import push_figures
 
     with alert_on_failure("monitor", run_name):
         result = check_store_yield(Path(store_dir), recent_window, yield_threshold, use_yield_threshold,
@@ -46,4 +47,6 @@ def monitor_op(
                                    Path(decision.path), yield_mode, ok_class or None)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
+    push_figures("monitor", {**result.metrics(), "retrain": result.retrain}, {"model_version": result.model_version},
+                 result.slices)
     return result.retrain

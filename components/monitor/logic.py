@@ -62,8 +62,9 @@ class MonitorResult:
         lost_records: predictions answered while the store could not take them (a full disk),
             counted by the writers of the segments read; the monitor alerts on any.
         slices: per named slice (the client's X-Ctloop-Slice: a line, a camera) with at least
-            MIN_SLICE_RECORDS predictions in the window: count, yield_value, threshold and
-            whether it tripped; a tripped slice retrains on its own predictions.
+            MIN_SLICE_RECORDS predictions in the window: count, yield_value, threshold,
+            whether it tripped, and estimated_accuracy when its records carry an ATC threshold;
+            a tripped slice retrains on its own predictions.
     """
 
     retrain: bool
@@ -97,6 +98,8 @@ class MonitorResult:
             figures["audited"] = float(self.audited)
         if self.lost_records:
             figures["lost_records"] = float(self.lost_records)
+            if "estimated_accuracy" in slice_figures:
+                figures[f"slice_{name}_estimated_accuracy"] = slice_figures["estimated_accuracy"]
         for name, slice_figures in self.slices.items():
             figures[f"slice_{name}_yield"] = slice_figures["yield_value"]
         return figures
@@ -298,6 +301,9 @@ def _judge_slices(window: list[dict[str, Any]], baseline_window: list[dict[str, 
         own = [record for record in baseline_window if _slice(record) == name]
         limit = max(judge(own) - tolerance, floor) if len(own) >= MIN_SLICE_RECORDS else threshold
         value = judge(records)
+        estimated = _estimated_accuracy(records)
+        if estimated is not None:  # the slice's own ATC estimate, when its records carry the threshold
+            judged[name or "(none)"]["estimated_accuracy"] = estimated
         judged[name or "(none)"] = {"count": len(records), "yield_value": value, "threshold": limit,
                                    "retrain": value < limit}
     return judged

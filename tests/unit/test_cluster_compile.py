@@ -63,6 +63,7 @@ def test_cluster_compile_mounts_claims_and_injects_env(cluster_docs: list[dict])
             settings = maps.get(cluster.PIPELINE_CONFIG_MAP, set())
             assert ("MLFLOW_TRACKING_URI" in settings) == needs.mlflow, name
             assert ("CTLOOP_SERVING_DEPLOYMENT" in settings) == needs.serving_fleet, name
+            assert "CTLOOP_PUSHGATEWAY_URL" in settings, name  # ctloop.pushmetrics; empty unless monitored
 
 
 def test_stages_that_use_mlflow_log_in_with_the_secret(cluster_docs: list[dict]) -> None:

@@ -51,6 +51,7 @@ def test_overlay_has_what_the_pipeline_mounts_and_reads(path: str, namespace: st
     assert {cluster.STORE_PVC, cluster.MODEL_STORE_PVC} <= set(claims)
     env = by_kind(resources, "ConfigMap")[cluster.PIPELINE_CONFIG_MAP]
     assert env["data"]["mlflow-tracking-uri"] == "http://mlflow:5000"
+    assert env["data"]["pushgateway-url"] == "", "no Pushgateway without k8s/components/monitoring: nothing pushed"
     assert {"torchserve", "mlflow"} <= set(by_kind(resources, "Service"))
     binding = by_kind(resources, "RoleBinding")["ctloop-pipeline"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ctloop-pipeline", "namespace": namespace}]

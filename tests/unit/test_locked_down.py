@@ -181,13 +181,14 @@ def writable_paths(pod: dict, container: dict) -> list[PurePosixPath]:
             if not mount.get("readOnly") and {"emptyDir", "persistentVolumeClaim"} & set(kinds[mount["name"]])]
 
 
-@pytest.mark.parametrize("path", [*OVERLAYS, "k8s/jobs/install"])
+@pytest.mark.parametrize("path", [*OVERLAYS, "k8s/overlays/production-monitored", "k8s/jobs/install"])
 def test_every_container_runs_locked_down(path: str) -> None:
     """Pod: non-root, seccomp RuntimeDefault, no service account token (none of them calls the
     Kubernetes API). Container: no privilege escalation, no capabilities, a read-only root, /tmp
     and its HOME and log directories on volumes it may write."""
     pods = pod_specs(render(path))
-    assert set(pods) == ({"ctloop-install"} if "jobs" in path else {"torchserve", "mlflow"})
+    monitored = {"pushgateway"} if path.endswith("-monitored") else set()
+    assert set(pods) == ({"ctloop-install"} if "jobs" in path else {"torchserve", "mlflow"} | monitored)
     for name, pod in pods.items():
         security = pod["securityContext"]
         assert security["seccompProfile"] == {"type": "RuntimeDefault"}, name
@@ -272,3 +273,24 @@ def test_serving_keys_come_only_from_the_secret(overlay: tuple[str, list[dict]])
         assert {ref["name"] for ref in refs} == {cluster.TORCHSERVE_SECRET}
         assert not any(ref.get("optional") for ref in refs), container["name"]
         assert PurePosixPath("/home/model-server") not in writable_paths(pod, container), container["name"]
+
+
+def test_the_pushgateway_admits_the_stages_and_prometheus_only() -> None:
+    """k8s/components/monitoring's Pushgateway (9091, no key; pushes and scrapes share the port):
+    every stage's pod of ctloop's namespace may push, Prometheus scrapes from a namespace labelled
+    for monitoring; TorchServe, MLflow and other namespaces are refused."""
+    resources = render("k8s/overlays/production-monitored")
+    policies = policies_of(resources)
+    deployments = by_kind(resources, "Deployment")
+    gateway = Target.of(deployments["pushgateway"])
+    service = by_kind(resources, "Service")["pushgateway"]
+    assert {gateway.ports[port["targetPort"]] for port in service["spec"]["ports"]} == {9091}
+    deny = by_kind(resources, "NetworkPolicy")["ctloop-default-deny-ingress"]["spec"]
+    assert selects(deny["podSelector"], gateway.labels)
+    for stage, needs in cluster.NEEDS.items():
+        assert admits(policies, gateway, 9091, Peer("ctloop", cluster.pod_labels(needs))), stage
+    assert admits(policies, gateway, 9091, Peer("monitoring", {}, {"ctloop.dev/monitoring": "true"}))
+    for name in ("torchserve", "mlflow"):
+        assert not admits(policies, gateway, 9091, Peer("ctloop", Target.of(deployments[name]).labels)), name
+    assert not admits(policies, gateway, 9091, Peer("line", cluster.pod_labels(cluster.NEEDS["deploy"])))
+    assert not admits(policies, gateway, 9091, Peer("monitoring", {}))

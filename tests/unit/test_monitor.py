@@ -411,3 +411,14 @@ def test_slices_too_small_to_judge_and_unnamed_windows_are_not_split(prediction_
     result = run(prediction_store.root, recent_window=50)
     assert result.slices == {"(none)": {"count": 40, "yield_value": 1.0, "threshold": 0.7, "retrain": False}}
     assert run(prediction_store.root, recent_window=40).slices == {}  # no named slice in the window
+
+
+def test_each_slice_gets_its_own_atc_estimate(prediction_store):
+    """With the ATC threshold in the records, every judged slice reports its own estimated
+    accuracy beside its yield (and in the metrics, for Prometheus); without it, none."""
+    for camera, sure in (("camera-1", 36), ("camera-2", 12)):
+        prediction_store.log_many([0.95] * sure + [0.5] * (40 - sure), slice_name=camera, atc_threshold=0.6)
+    result = run(prediction_store.root, recent_window=80)
+    assert {name: figures["estimated_accuracy"] for name, figures in result.slices.items()} == {
+        "camera-1": 0.9, "camera-2": 0.3}
+    assert result.metrics()["slice_camera-2_estimated_accuracy"] == 0.3 and result.metrics()["slice_camera-2_yield"] == 0.3
