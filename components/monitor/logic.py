@@ -98,10 +98,10 @@ class MonitorResult:
             figures["audited"] = float(self.audited)
         if self.lost_records:
             figures["lost_records"] = float(self.lost_records)
-            if "estimated_accuracy" in slice_figures:
-                figures[f"slice_{name}_estimated_accuracy"] = slice_figures["estimated_accuracy"]
         for name, slice_figures in self.slices.items():
             figures[f"slice_{name}_yield"] = slice_figures["yield_value"]
+            if "estimated_accuracy" in slice_figures:
+                figures[f"slice_{name}_estimated_accuracy"] = slice_figures["estimated_accuracy"]
         return figures
 
 
@@ -301,11 +301,11 @@ def _judge_slices(window: list[dict[str, Any]], baseline_window: list[dict[str, 
         own = [record for record in baseline_window if _slice(record) == name]
         limit = max(judge(own) - tolerance, floor) if len(own) >= MIN_SLICE_RECORDS else threshold
         value = judge(records)
+        judged[name or "(none)"] = {"count": len(records), "yield_value": value, "threshold": limit,
+                                   "retrain": value < limit}
         estimated = _estimated_accuracy(records)
         if estimated is not None:  # the slice's own ATC estimate, when its records carry the threshold
             judged[name or "(none)"]["estimated_accuracy"] = estimated
-        judged[name or "(none)"] = {"count": len(records), "yield_value": value, "threshold": limit,
-                                   "retrain": value < limit}
     return judged
 
 
