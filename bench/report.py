@@ -12,7 +12,7 @@ def markdown(results: dict[str, Any]) -> str:
     parts = [_machine(results)]
     for key, render in (("serving", _serving), ("consensus", _consensus), ("cycle", _cycle),
                         ("cycle_parts", _cycle_parts), ("learning", _learning), ("deploy", _deploy),
-                        ("longrun", _longrun)):
+                        ("longrun", _longrun), ("input_drift", _input_drift)):
         if key in results:
             parts.append(render(results[key]))
     return "\n\n".join(parts) + "\n"
@@ -167,3 +167,56 @@ def _largest(peaks: dict[str, int]) -> str:
         return "n/a"
     task = max(peaks, key=peaks.get)
     return f"{task} {peaks[task]}"
+
+
+def _input_drift(lines: dict[str, Any]) -> str:
+    parts = []
+    for name, drift in lines.items():
+        severities = list(next(iter(drift["kinds"].values()))["severities"]) if drift["kinds"] else []
+        header = ["drift", "false alarms: drift trigger", "yield trigger", "champion accuracy / yield, clean"]
+        for severity in severities:
+            header += [f"at {severity}: drift trigger delay", "yield trigger delay", "champion accuracy / yield"]
+        rows = []
+        for kind, figures in drift["kinds"].items():
+            row = [kind, _alarms(figures["false_alarms"]["drift"]), _alarms(figures["false_alarms"]["yield"]),
+                   _pair(figures["champion_accuracy_clean"], figures["champion_yield_clean"])]
+            for severity in severities:
+                delays = figures["severities"][severity]
+                row += [_delay(delays["drift"], drift["horizon"]), _delay(delays["yield"], drift["horizon"]),
+                        _pair(delays["champion_accuracy"], delays["champion_yield"])]
+            rows.append(row)
+        pooled = drift["false_alarms"]
+        rows.append(["all kinds", _alarms(pooled["drift"]), _alarms(pooled["yield"])]
+                    + [""] * (len(header) - 3))
+        parts += [
+            f"**7. Input drift, {name}**: the drift trigger compares the champion's embeddings of its first "
+            f"{drift['window']} parts with those of its newest {drift['window']} (MMD, "
+            f"{drift['drift_permutations']} permutations, {drift['seconds_per_test'] * 1000:.0f} ms a test) and trips "
+            f"at p <= {drift['drift_level']}; "
+            f"the yield trigger trips when the {drift['yield_rule']}. A check every {drift['check_every']} parts; "
+            f"{drift['streams']} streams per drift kind, the drift starting at a random point between two checks. "
+            "Delay: parts from the drift's first part to the first check that trips, median (max) over the streams, "
+            f"'> {drift['horizon']}' where it had not tripped {drift['horizon']} parts on. False alarms: checks "
+            f"that tripped of those on clean windows clear of the reference ({drift['clean_checks_per_stream']} "
+            "per stream).",
+            _table(header, rows),
+        ]
+    return "\n\n".join(parts)
+
+
+def _pair(accuracy: float, yield_: float) -> str:
+    return f"{accuracy:.3f} / {yield_:.3f}"
+
+
+def _alarms(figures: dict[str, Any]) -> str:
+    """e.g. "1 of 72 (1.4%)"."""
+    rate = "n/a" if figures["rate"] is None else f"{figures['rate']:.1%}"
+    return f"{figures['tripped']} of {figures['checks']} ({rate})"
+
+
+def _delay(figures: dict[str, Any], horizon: int) -> str:
+    """Median (max) parts, e.g. "81 (105)"; "> 600" for what a missed stream makes unknown, with the count missed."""
+    median = f"> {horizon}" if figures["median"] is None else f"{figures['median']:g}"
+    largest = f"> {horizon}" if figures["max"] is None else f"{figures['max']:g}"
+    missed = figures["streams"] - figures["detected"]
+    return f"{median} ({largest})" + (f", {missed} of {figures['streams']} missed" if missed else "")

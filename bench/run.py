@@ -5,7 +5,7 @@
 
 Order matters: the CT cycle runs first on the fresh stack, because its monitor reads the
 champion's prediction log, which the serving benchmark would otherwise fill with clean traffic.
-The learning benchmark runs after the servers have stopped.
+The learning and input-drift benchmarks run after the servers have stopped.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 from bench.consensus import bench_consensus
 from bench.cycle import bench_cycle
 from bench.deploy_load import bench_deploy
+from bench.input_drift import bench_input_drift
 from bench.learning import bench_learning
 from bench.load import npy_bodies
 from bench.longrun import bench_longrun
@@ -87,6 +88,8 @@ def run_bench(settings: BenchSettings, name: str, work: Path, say: Callable[[str
         section("install longrun", lambda: install_models(stack, boot.model_files, boot.train_set))
         results["longrun"] = section("longrun", lambda: bench_longrun(stack, boot, settings, work / "longrun"))
     results["learning"] = {"digits": section("learning digits", lambda: _one_thread(lambda: bench_learning(boot, settings)))}
+    results["input_drift"] = {"digits": section("input drift digits", lambda: _one_thread(
+        lambda: bench_input_drift(boot, settings)))}
     if "parts" in settings.lines:
         parts = section("bootstrap parts", lambda: _one_thread(lambda: bootstrap_split(
             parts_split(settings.seed, settings.parts_image_size, settings.parts_per_class), work / "parts",

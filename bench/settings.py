@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 from ctloop.config import PipelineConfig
 from ctloop.drift import DRIFT_KINDS, DriftKind
 
+# The drift trigger's defaults (p-value level, relabellings), the input-drift benchmark's fallback
+# while PipelineConfig has no drift_level and drift_permutations: the drift stage adds those keys
+# to ctloop.yaml with these values, and from then on the benchmark reads the config's.
+DRIFT_LEVEL = 0.01
+DRIFT_PERMUTATIONS = 500
+
 
 @dataclass(frozen=True)
 class TorchServeSettings:
@@ -67,6 +73,10 @@ class BenchSettings:
         longrun_previous_per_class: its training sets' cap per class (config previous_per_class): 150
             keeps the digits' training sets within about 1.3x of the first cycle's (90 bootstrap rows
             per class, and each retrain adds up to 3 x 300 pseudo-labelled rows).
+        drift_severities: severities of the input-drift benchmark (the demo's first).
+        drift_check_every: parts between two monitoring runs there (a divisor of recent_window).
+        drift_streams: seeded streams per drift kind (and severity) there.
+        drift_clean_checks: checks of each stream on clean windows before its drift starts.
     """
 
     seed: int = 0
@@ -90,6 +100,10 @@ class BenchSettings:
     mlflow_server: bool = True
     longrun_stages: tuple[tuple[DriftKind | None, int], ...] = (("lighting", 5), ("blur", 5), ("noise", 5), (None, 5))
     longrun_previous_per_class: int = 150
+    drift_severities: tuple[float, ...] = (1.0, 0.5)
+    drift_check_every: int = 50
+    drift_streams: int = 12
+    drift_clean_checks: int = 6
 
 
 FULL = BenchSettings()
@@ -116,4 +130,8 @@ TINY = BenchSettings(
     deploy_swaps=1,
     mlflow_server=False,
     longrun_stages=(("blur", 2), (None, 1)),
+    drift_severities=(1.0,),
+    drift_check_every=20,
+    drift_streams=2,
+    drift_clean_checks=3,
 )

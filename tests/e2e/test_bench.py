@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = REPO_ROOT / "bench" / "results.json"
-SECTIONS = ("machine", "serving", "consensus", "cycle", "cycle_parts", "learning", "deploy", "longrun")
+SECTIONS = ("machine", "serving", "consensus", "cycle", "cycle_parts", "learning", "deploy", "longrun", "input_drift")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_every_section_is_there_and_described(tiny) -> None:
     for heading in ("**1. Serving**", "**2. Consensus filter**", "**3. CT cycle**",
                     "**3b. CT cycle on the parts line** (32x32)", "**4. Learning quality, digits**",
                     "**4. Learning quality, parts**",
-                    "**5. Deploy under load**", "**6. The loop over time**"):
+                    "**5. Deploy under load**", "**6. The loop over time**", "**7. Input drift, digits**"):
         assert heading in table
 
 
@@ -124,3 +124,31 @@ def test_the_loop_over_time_records_every_cycle(tiny) -> None:
     assert {"monitor", "train", "deploy"} <= set(first["peak_mb"]) and first["peak_mb"]["train"] > 50
     assert all(0.0 <= cycle[key] <= 1.0 for cycle in cycles for key in ("accuracy_before", "accuracy_after"))
     assert longrun["goals"]["max_seconds_over_first"] > 0
+
+
+def test_input_drift_reports_delays_and_false_alarms(tiny) -> None:
+    drift = tiny[0]["input_drift"]["digits"]
+    settings = tiny[0]["settings"]
+    assert list(drift["kinds"]) == ["blur"] and drift["window"] == settings["config"]["recent_window"]
+    assert drift["window"] % drift["check_every"] == 0 and drift["horizon"] >= drift["window"]
+    assert 0 < drift["drift_level"] < 1 and drift["drift_permutations"] >= 1 and drift["seconds_per_test"] > 0
+    kind = drift["kinds"]["blur"]
+    clean_checks = drift["streams"] * drift["clean_checks_per_stream"]
+    for trigger in ("drift", "yield"):
+        alarms = kind["false_alarms"][trigger]
+        assert alarms["checks"] == clean_checks > 0 and 0 <= alarms["tripped"] <= alarms["checks"]
+        assert alarms["rate"] == round(alarms["tripped"] / alarms["checks"], 4)
+        assert drift["false_alarms"][trigger] == alarms  # one kind: the pooled figures are its own
+    assert list(kind["severities"]) == [str(severity) for severity in settings["drift_severities"]]
+    assert 0.0 <= kind["champion_accuracy_clean"] <= 1.0 and 0.0 <= kind["champion_yield_clean"] <= 1.0
+    for figures in kind["severities"].values():
+        assert 0.0 <= figures["champion_accuracy"] <= 1.0 and 0.0 <= figures["champion_yield"] <= 1.0
+        for trigger in ("drift", "yield"):
+            delays = figures[trigger]
+            found = [delay for delay in delays["delays"] if delay is not None]
+            assert len(delays["delays"]) == delays["streams"] == drift["streams"] and delays["detected"] == len(found)
+            assert all(0 < delay <= drift["horizon"] for delay in found)
+            if delays["max"] is not None:
+                assert delays["detected"] == delays["streams"] and delays["median"] <= delays["max"] == max(found)
+    # Blur at severity 1 moves the embeddings of even the tiny five-epoch champion: every stream trips.
+    assert kind["severities"]["1.0"]["drift"]["detected"] == drift["streams"]
