@@ -19,6 +19,10 @@ DEFAULT_CONFIG_NAME = "ctloop.yaml"
 MODEL_FAMILIES = ("resnet", "dilated", "mixer", "gradient")
 # What the monitor's yield is, to which its threshold or baseline rule applies (components.monitor).
 YIELD_MODES = ("confidence", "pass_rate", "estimated_accuracy", "accuracy")
+# Which signal retrains (components.drift): the yield, input drift, or both (either one trips it).
+TRIGGERS = ("yield", "drift", "both")
+# Fewer predictions of one slice (line, camera) in a window are too noisy to judge (yield sd ~0.07).
+MIN_SLICE_RECORDS = 30
 
 
 class ConfigError(ValueError):
@@ -34,6 +38,9 @@ class PipelineConfig:
     yield_confidence: float = 0.9
     yield_mode: str = "confidence"
     ok_class: str | None = None
+    trigger: str = "both"
+    drift_level: float = 0.01
+    drift_permutations: int = 500
     merge_previous: bool = True
     previous_per_class: int = 1000
     min_samples: int = 50
@@ -78,6 +85,10 @@ class PipelineConfig:
             raise ConfigError(f"yield_mode must be one of {', '.join(YIELD_MODES)}, got {self.yield_mode!r}")
         if self.yield_mode == "pass_rate" and not self.ok_class:
             raise ConfigError("yield_mode pass_rate needs ok_class: the class name that means a good part")
+        if self.trigger not in TRIGGERS:
+            raise ConfigError(f"trigger must be one of {', '.join(TRIGGERS)}, got {self.trigger!r}")
+        if not 0.0 < self.drift_level < 1.0:
+            raise ConfigError(f"drift_level must be in (0.0, 1.0), got {self.drift_level}")
         for name in ("champion_family", "b1_family", "b2_family"):
             if getattr(self, name) not in MODEL_FAMILIES:
                 raise ConfigError(f"{name} must be one of {', '.join(MODEL_FAMILIES)}, got {getattr(self, name)!r}")
@@ -93,7 +104,7 @@ class PipelineConfig:
         if self.min_holdout_per_class < 0:
             raise ConfigError(f"min_holdout_per_class must be at least 0, got {self.min_holdout_per_class}")
         for name in ("recent_window", "min_samples", "consensus_batch_size", "new_sample_repeat", "train_epochs", "train_patience",
-                     "keep_versions", "min_audited_parts"):
+                     "keep_versions", "min_audited_parts", "drift_permutations"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
 

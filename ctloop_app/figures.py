@@ -33,7 +33,8 @@ def champion_accuracies(tracking_uri: str, versions: list[str], parts: ImageSet)
 
 
 def cycle_figures(run: LocalRun) -> dict[str, Any]:
-    """The monitor's reason and ATC estimate; consensus' kept share, pseudo-label precision and
+    """The monitor's reason and ATC estimate; the drift test's reason and the signals that retrain;
+    consensus' kept share, pseudo-label precision and
     the branches' estimated and audited accuracy (None without audited parts in the window); and
     analyze's decision with its reasons. What did not run is left out."""
     figures: dict[str, Any] = {}
@@ -41,6 +42,10 @@ def cycle_figures(run: LocalRun) -> dict[str, Any]:
     if monitor is not None and "decision" in monitor.artifacts:
         decision = json.loads(Path(monitor.artifacts["decision"]["uri"]).read_text())
         figures["monitor"], figures["estimated_accuracy"] = decision["reason"], decision.get("estimated_accuracy")
+    drift = run.task("drift-op")
+    if drift is not None and "decision" in drift.artifacts:
+        decision = json.loads(Path(drift.artifacts["decision"]["uri"]).read_text())
+        figures["drift"], figures["signals"] = decision["drift"]["reason"], decision["signals"]
     consensus = run.task("consensus-op")
     if consensus is not None and "metrics" in consensus.artifacts:
         metrics = consensus.artifacts["metrics"]["metadata"]

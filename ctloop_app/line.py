@@ -50,6 +50,8 @@ class LineResult:
                  f"{self.old_champion_accuracy:.3f}, v{self.champion_after} {self.new_champion_accuracy:.3f}"]
         if "monitor" in self.figures:
             lines.append(f"monitor: {self.figures['monitor']}")
+        if "drift" in self.figures:
+            lines.append(f"drift: {self.figures['drift']}; retrain on: {' and '.join(self.figures['signals']) or '-'}")
         if "kept_share" in self.figures:
             figures = self.figures
             lines.append(f"consensus kept {figures['kept_share']:.3f} of the window; pseudo-label precision "

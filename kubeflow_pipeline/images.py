@@ -15,6 +15,7 @@ from ctloop import __version__
 
 STAGES: tuple[str, ...] = (
     "monitor",
+    "drift",
     "collect",
     "validate",
     "consensus",

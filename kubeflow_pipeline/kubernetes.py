@@ -69,6 +69,7 @@ class StageNeeds:
 
 NEEDS: dict[str, StageNeeds] = {
     "monitor": StageNeeds(store=True),
+    "drift": StageNeeds(store=True, mlflow=True),
     "collect": StageNeeds(store=True, mlflow=True),
     "validate": StageNeeds(),
     "consensus": StageNeeds(torchserve_keys=True),

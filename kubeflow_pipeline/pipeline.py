@@ -1,4 +1,4 @@
-"""The continuous-training pipeline: reconcile serving -> monitor -> If(retrain) collect -> validate ->
+"""The continuous-training pipeline: reconcile serving -> monitor -> drift -> If(retrain) collect -> validate ->
 consensus-filter -> train -> analyze -> If(deploy) deploy + notify / Else notify, inside an
 ExitHandler that alerts on failure.
 
@@ -15,6 +15,7 @@ from components.analyze.component import analyze_op
 from components.collect.component import collect_op
 from components.consensus.component import consensus_op
 from components.deploy.component import deploy_op, reconcile_op
+from components.drift.component import drift_op
 from components.monitor.component import monitor_op
 from components.notify.component import (
     notify_deployed_op,
@@ -32,6 +33,7 @@ PIPELINE_NAME = "ctloop-continuous-training"
 STAGE_OF: dict[Callable, str] = {
     reconcile_op: "deploy",
     monitor_op: "monitor",
+    drift_op: "drift",
     collect_op: "collect",
     validate_op: "validate",
     consensus_op: "consensus",
@@ -78,6 +80,9 @@ def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSetting
         yield_confidence: float = config.yield_confidence,
         yield_mode: str = config.yield_mode,
         ok_class: str = config.ok_class or "",
+        trigger: str = config.trigger,
+        drift_level: float = config.drift_level,
+        drift_permutations: int = config.drift_permutations,
         merge_previous: bool = config.merge_previous,
         previous_per_class: int = config.previous_per_class,
         min_samples: int = config.min_samples,
@@ -114,23 +119,30 @@ def build_pipeline(config: "PipelineConfig | None" = None, images: "ImageSetting
                 yield_floor=yield_floor, yield_confidence=yield_confidence, yield_mode=yield_mode, ok_class=ok_class,
                 run_name=run_name,
             ).set_display_name("monitor yield").after(repair)
+            drift = ops[drift_op](
+                monitor_decision=monitor.outputs["decision"], monitor_window=monitor.outputs["window"],
+                store_dir=store_dir, recent_window=recent_window, trigger=trigger, drift_level=drift_level,
+                drift_permutations=drift_permutations, mlflow_tracking_uri=mlflow_tracking_uri,
+                registered_model=registered_model, run_name=run_name,
+            ).set_display_name("input drift")
             # kfp.local resolves a condition on a task's single "Output" inside nested DAGs, not on
             # named outputs; so the decisions are return values and their figures are artifacts.
-            with dsl.If(monitor.outputs["Output"] == True, name="retrain-needed"):  # noqa: E712
-                _retrain(ops, monitor, params | {"run_name": run_name})
+            with dsl.If(drift.outputs["Output"] == True, name="retrain-needed"):  # noqa: E712
+                _retrain(ops, drift, params | {"run_name": run_name})
 
     return ctloop_pipeline
 
 
-def _retrain(ops: dict, monitor: dsl.PipelineTask, p: dict) -> None:
-    """The retraining branch; `p` holds the pipeline's parameters by name."""
+def _retrain(ops: dict, decided: dsl.PipelineTask, p: dict) -> None:
+    """The retraining branch, from the task that decided the run (its decision and the window to
+    retrain on); `p` holds the pipeline's parameters by name."""
     run_name = p["run_name"]
-    started = ops[notify_retrain_op](decision=monitor.outputs["decision"], run_name=run_name)
+    started = ops[notify_retrain_op](decision=decided.outputs["decision"], run_name=run_name)
     started.set_display_name("slack: retrain started")
     golden = dsl.importer(artifact_uri=p["golden_set_uri"], artifact_class=dsl.Dataset, reimport=False)
     golden.set_display_name("golden set")
     collect = ops[collect_op](
-        window=monitor.outputs["window"], store_dir=p["store_dir"], merge_previous=p["merge_previous"],
+        window=decided.outputs["window"], store_dir=p["store_dir"], merge_previous=p["merge_previous"],
         previous_per_class=p["previous_per_class"],
         mlflow_tracking_uri=p["mlflow_tracking_uri"], registered_model=p["registered_model"], run_name=run_name,
     ).set_display_name("collect").after(started)

@@ -23,7 +23,7 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from ctloop import alerts, slack
-from ctloop.config import YIELD_MODES
+from ctloop.config import MIN_SLICE_RECORDS, YIELD_MODES
 from ctloop.estimate import atc_estimate
 from ctloop.images import write_atomic
 from ctloop.wire import FEEDBACK_NAME
@@ -31,8 +31,6 @@ from serving.store import PredictionLogError, newest_version, read_jsonl, read_n
 
 __all__ = ["MonitorResult", "PredictionLogError", "check_store_yield", "check_yield"]
 
-
-MIN_SLICE_RECORDS = 30  # fewer predictions of one slice in the window are too noisy to judge (sd ~0.07)
 
 Mode = Literal["confidence", "pass_rate", "estimated_accuracy", "accuracy"]
 

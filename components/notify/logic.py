@@ -38,6 +38,7 @@ class Consensus:
 
 # The fields of the monitor's decision (MonitorResult.to_dict()) that the message shows.
 _RETRAIN_FIELDS = ("yield_value", "threshold_used", "window_size", "model_version", "mode", "baseline", "reason")
+_RETRAIN_OPTIONAL = ("signals", "drift")  # the drift stage's decision adds them to the monitor's
 _SUCCEEDED = "SUCCEEDED"
 
 
@@ -53,7 +54,9 @@ def announce_retrain(decision_path: Path, run_name: str | None = None) -> Delive
         run_name: the pipeline run, shown as context.
     """
     figures = _read_decision(decision_path, _RETRAIN_FIELDS, "the monitor's MonitorResult.to_dict()")
-    return deliver(retrain_started(**{name: figures[name] for name in _RETRAIN_FIELDS}, run_name=run_name))
+    optional = {name: figures[name] for name in _RETRAIN_OPTIONAL if name in figures}
+    return deliver(retrain_started(**{name: figures[name] for name in _RETRAIN_FIELDS}, **optional,
+                                   run_name=run_name))
 
 
 def announce_deployed(old_version: str, new_version: str, decision_path: Path, run_name: str | None = None,
@@ -132,8 +135,10 @@ def retrain_started(
     baseline: float | None = None,
     reason: str = "",
     run_name: str | None = None,
+    signals: Sequence[str] = ("yield",),
+    drift: dict[str, Any] | None = None,
 ) -> Message:
-    """A run started because the champion's yield dropped; the monitor's figures.
+    """A run started because the champion's yield dropped or its inputs drifted; the figures.
 
     The argument names are MonitorResult's field names, but MonitorResult.to_dict() holds more
     fields than these, so it cannot be passed as `**kwargs`: announce_retrain picks these
@@ -146,10 +151,13 @@ def retrain_started(
         model_version: the champion version monitored.
         mode: the yield the monitor measured (confidence, pass_rate, estimated_accuracy, accuracy).
         baseline: the champion's baseline yield, when the baseline rule was used.
-        reason: the monitor's sentence.
+        reason: the monitor's sentence (the drift stage's, which includes it).
         run_name: the pipeline run, shown as context.
+        signals: the signals that retrain: "yield", "drift" or both.
+        drift: the drift stage's DriftResult as a dict, when it measured.
     """
     fields = [
+        ("Tripped", " and ".join(signals) or "-"),
         ("Yield", f"{yield_value:.3f} ({mode})"),
         ("Threshold", "-" if threshold_used is None else f"{threshold_used:.3f}"),
         ("Window", f"{window_size} predictions"),
@@ -157,9 +165,17 @@ def retrain_started(
     ]
     if baseline is not None:
         fields.append(("Baseline", f"{baseline:.3f}"))
-    text = f"Retraining started: champion v{slack.escape(str(model_version))} yield {yield_value:.3f}"
-    if threshold_used is not None:
+    if drift and drift["measured"]:
+        fields.append(("Input drift", f"p = {drift['p_value']:.4f} (distance {drift['distance']:.4f})"))
+        drifted = [name for name, figures in drift["slices"].items() if figures["drifted"]]
+        if drifted:
+            fields.append(("Drifted slices", slack.escape(", ".join(drifted))))
+    text = f"Retraining started on {' and '.join(signals)}: champion v{slack.escape(str(model_version))}"
+    text += f" yield {yield_value:.3f}"
+    if threshold_used is not None and "yield" in signals:
         text += f" < {threshold_used:.3f}"
+    if drift and "drift" in signals:
+        text += f", input drift p = {drift['p_value']:.4f}"
     blocks = [slack.header("Retraining started"), slack.fields(fields)]
     if reason:
         blocks.append(slack.section(slack.escape(reason)))

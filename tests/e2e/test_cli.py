@@ -27,7 +27,7 @@ def test_compile_names_every_stage_image_from_registry_and_tag(tmp_path: Path) -
     images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()
               if "container" in executor}
     assert images == {f"registry.example/acme/ctloop-{stage}:abc123" for stage in
-                      ("monitor", "collect", "validate", "consensus", "train", "analyze", "deploy", "notify")}
+                      ("monitor", "drift", "collect", "validate", "consensus", "train", "analyze", "deploy", "notify")}
     assert spec["root"]["inputDefinitions"]["parameters"]["yield_threshold"]["defaultValue"] == 0.7
 
 
@@ -70,6 +70,9 @@ def test_bootstrap_and_run_on_a_users_image_folder(tmp_path: Path, capsys) -> No
     assert 0 < figures["estimated_accuracy"] < 1
     assert f"analyze: {figures['reasons'][0]}" in out
     assert f"monitor: {figures['monitor']}" in out and "is below the threshold 0.700: retrain" in figures["monitor"]
+    # One window served: the drift test has no reference apart from it yet, and says so.
+    assert (f"drift: version 1's first window is still almost all in its newest (0 predictions apart, at least 30 "
+            f"needed): drift not measured yet; retrain on: yield") in out
 
 
 def test_run_names_a_broken_production_file(tmp_path: Path, capsys) -> None:

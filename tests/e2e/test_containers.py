@@ -172,7 +172,7 @@ def test_drift_retrains_in_the_images_and_the_served_champion_answers_from_v2(
     run = cycle(cstack, boot, SMALL)
     assert run.succeeded, run.error
     assert_every_task_ran_in_its_image(run, containers)
-    assert {ran.function for ran in containers} >= {"monitor_op", "collect_op", "validate_op", "consensus_op",
+    assert {ran.function for ran in containers} >= {"monitor_op", "drift_op", "collect_op", "validate_op", "consensus_op",
                                                     "train_op", "analyze_op", "deploy_op", "notify_deployed_op"}
     assert run.task("deploy-op").parameters == {"old_version": "1", "new_version": "2", "status": "deployed"}
 
@@ -185,7 +185,7 @@ def test_drift_retrains_in_the_images_and_the_served_champion_answers_from_v2(
     assert registry.get_version_by_alias(REGISTERED_MODEL, "previous-champion", cstack.tracking_uri) == "1"
     assert cstack.client.predict("champion", ImageSet.load(boot.golden_set).images[:1]).model_version == "2"
     texts = outbox(cstack)
-    assert texts[0].startswith("Retraining started: champion v1 yield") and texts[-1] == "Deployed champion v2 (was v1)"
+    assert texts[0].startswith("Retraining started on yield and drift: champion v1 yield") and texts[-1] == "Deployed champion v2 (was v1)"
 
     # The champion handler in the container keeps logging to the mounted prediction store.
     records = read_store(cstack.store_dir).records

@@ -37,7 +37,7 @@ def test_drift_retrains_and_deploys_a_better_champion_despite_slack_500_and_a_cu
     log's last line was cut short (a writer died mid-line). The cycle still deploys a better
     champion, says so, and keeps every message and every prediction. (One deploy run for what were
     two tests: this one and the reliability suite's Slack-500-and-cut-short-line test.)"""
-    answered = len(_play(stack, boot, drift=True, window=WINDOW))
+    answered = len(_play(stack, boot, drift=False, window=WINDOW)) + len(_play(stack, boot, drift=True, window=WINDOW))
     dead = stack.store_dir / wire.segment_log(wire.segment_stem(time.time_ns(), "champion", "1", "dead-worker"))
     dead.write_text('{"request_id": "part-cut", "time": 1700000000.5, "model_na')
     slack.statuses = [500] * 100
@@ -60,7 +60,7 @@ def test_drift_retrains_and_deploys_a_better_champion_despite_slack_500_and_a_cu
     # What people were told: every message kept in the outbox after Slack's third 500.
     kept = outbox_messages(stack)
     texts = [entry["message"]["text"] for entry in kept]
-    assert texts[0].startswith("Retraining started: champion v1 yield") and texts[1] == "Deployed champion v2 (was v1)"
+    assert texts[0].startswith("Retraining started on yield and drift: champion v1 yield") and texts[1] == "Deployed champion v2 (was v1)"
     assert len(texts) == 2
     assert not any("not deployed" in text.lower() or "failed" in text.lower() for text in texts)
     assert {entry["reason"] for entry in kept} == {"Slack answered 500 'server_error' after 3 attempts"}
@@ -98,14 +98,22 @@ def test_a_challenger_that_is_not_better_enough_is_not_deployed(stack, boot, tmp
             "audited parts") in not_deployed[0]
 
 
-def test_failing_validation_alerts_and_changes_nothing(stack, boot, tmp_path) -> None:
+def test_drift_alone_retrains_and_a_failing_validation_alerts_and_changes_nothing(stack, boot, tmp_path) -> None:
+    """The drift trigger on its own (the yield threshold 0 never trips): a blurred window after a
+    clean one starts the retraining, and Slack says drift did; then validation fails the run."""
+    play(stack, boot, drift=False)
     play(stack, boot, drift=True)
-    run = cycle(stack, boot, tmp_path, SMALL.with_overrides(min_samples=WINDOW + 1))
+    run = cycle(stack, boot, tmp_path, SMALL.with_overrides(min_samples=WINDOW + 1, trigger="drift",
+                                                          yield_threshold=0.0))
     assert not run.succeeded
+    assert run.task("monitor-op").parameters["Output"] is False and run.task("drift-op").parameters["Output"] is True
     assert run.task("validate-op").status == "FAILURE"
     assert run.task("consensus-op") is None and run.task("train-op") is None
     assert run.task("notify-run-end-op").status == "SUCCESS"
     texts = outbox(stack)
+    assert texts[0].startswith("Retraining started on drift: champion v1 yield"), texts
+    drifted = run.task("drift-op").artifacts["metrics"]["metadata"]
+    assert drifted["drifted"] == 1.0 and drifted["drift_p_value"] <= 0.01
     assert any("validate" in text and f"{WINDOW} new samples" in text for text in texts), texts
     assert any("pipeline" in text and "failed" in text.lower() for text in texts), texts
     assert stack.client.default_version("champion") == "1"
@@ -113,10 +121,13 @@ def test_failing_validation_alerts_and_changes_nothing(stack, boot, tmp_path) ->
     assert registry.get_version_by_alias(REGISTERED_MODEL, "champion", stack.tracking_uri) == "1"
 
 
-def test_healthy_yield_stops_after_the_monitor(stack, boot, tmp_path) -> None:
+def test_healthy_yield_and_unchanged_inputs_stop_before_retraining(stack, boot, tmp_path) -> None:
+    """Two clean windows: the drift test runs (the first window lies outside the newest) and finds nothing."""
+    play(stack, boot, drift=False)
     play(stack, boot, drift=False)
     run = cycle(stack, boot, tmp_path, SMALL)
     assert run.succeeded, run.error
-    assert run.task("monitor-op").parameters["Output"] is False
-    assert set(run.tasks) == {"reconcile-op", "monitor-op", "notify-run-end-op"}
+    assert run.task("monitor-op").parameters["Output"] is False and run.task("drift-op").parameters["Output"] is False
+    assert set(run.tasks) == {"reconcile-op", "monitor-op", "drift-op", "notify-run-end-op"}
+    assert run.task("drift-op").artifacts["metrics"]["metadata"]["drift_p_value"] > 0.01
     assert not stack.slack_outbox.exists()

@@ -46,7 +46,7 @@ def test_first_submit_creates_pipeline_version_run_and_schedule(kfp_server, pack
     executors = upload["spec"]["deploymentSpec"]["executors"].values()
     images = {e["container"]["image"] for e in executors if "container" in e}
     assert images == {ImageSettings("ghcr.io/acme", COMMIT).image(s) for s in
-                      ("monitor", "collect", "validate", "consensus", "train", "analyze", "deploy", "notify")}
+                      ("monitor", "drift", "collect", "validate", "consensus", "train", "analyze", "deploy", "notify")}
 
     [run] = fake.bodies("POST", "runs")
     assert run["pipeline_version_reference"] == {"pipeline_id": done.pipeline_id,

@@ -91,7 +91,7 @@ def test_every_task_pod_is_labelled_for_the_network_policies(cluster_docs: list[
         for name in executor_of(spec, stage):
             assert executors[name]["podMetadata"]["labels"] == cluster.pod_labels(cluster.NEEDS[stage]), name
     labelled = {s for s in STAGES if cluster.MLFLOW_CLIENT_LABEL in cluster.pod_labels(cluster.NEEDS[s])}
-    assert labelled == {"collect", "train", "analyze", "deploy"}
+    assert labelled == {"drift", "collect", "train", "analyze", "deploy"}
 
 
 def test_tasks_run_as_the_images_non_root_user_without_a_security_context(cluster_docs: list[dict]) -> None:
@@ -133,7 +133,7 @@ def test_pull_secret_is_set_by_the_environment(tmp_path: Path, monkeypatch, valu
 
 
 def test_monitor_collect_and_deploy_share_the_store(cluster_docs: list[dict]) -> None:
-    assert [s for s in STAGES if cluster.NEEDS[s].store] == ["monitor", "collect", "deploy"]
+    assert [s for s in STAGES if cluster.NEEDS[s].store] == ["monitor", "drift", "collect", "deploy"]
     assert [s for s in STAGES if cluster.NEEDS[s].torchserve_keys] == ["consensus", "deploy"]
 
 

@@ -15,7 +15,7 @@ from kubeflow_pipeline.images import STAGES
 
 DOCKERFILES = [ROOT / "components" / "Dockerfile", ROOT / "serving" / "Dockerfile"]
 HTTP_ONLY = ("monitor", "collect", "validate", "consensus", "deploy", "notify")
-TORCH_STAGES = ("train", "analyze")
+TORCH_STAGES = ("drift", "train", "analyze")
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.+\-]+)$")
 
 

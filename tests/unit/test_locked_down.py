@@ -138,7 +138,7 @@ def test_ports_map_to_exactly_the_allowed_peers(overlay: tuple[str, list[dict]],
         expected = {8080} | ({8081} if needs.torchserve_keys else set()) | ({5000} if needs.mlflow else set())
         assert reach(Peer(namespace, cluster.pod_labels(needs))) == expected, stage
     assert [s for s, needs in cluster.NEEDS.items() if needs.torchserve_keys] == ["consensus", "deploy"]
-    assert [s for s, needs in cluster.NEEDS.items() if needs.mlflow] == ["collect", "train", "analyze", "deploy"]
+    assert [s for s, needs in cluster.NEEDS.items() if needs.mlflow] == ["drift", "collect", "train", "analyze", "deploy"]
 
     job_labels = install_job["spec"]["template"]["metadata"]["labels"]
     assert reach(Peer(namespace, job_labels)) == {8080, 5000}

@@ -62,15 +62,28 @@ def test_public_names():
 def test_retrain_started_shows_the_monitor_figures():
     message = retrain_started(0.62, 0.7, 300, "3", mode="confidence", baseline=0.85,
                               reason="yield 0.620 is below 0.800", run_name="ct-42")
-    assert message["text"] == "Retraining started: champion v3 yield 0.620 < 0.700"
+    assert message["text"] == "Retraining started on yield: champion v3 yield 0.620 < 0.700"
     header, fields, reason, context = message["blocks"]
     assert header == {"type": "header", "text": {"type": "plain_text", "text": "Retraining started"}}
     assert [f["text"] for f in fields["fields"]] == [
-        "*Yield*\n0.620 (confidence)", "*Threshold*\n0.700", "*Window*\n300 predictions", "*Champion*\nversion 3",
+        "*Tripped*\nyield", "*Yield*\n0.620 (confidence)", "*Threshold*\n0.700", "*Window*\n300 predictions", "*Champion*\nversion 3",
         "*Baseline*\n0.850",
     ]
     assert reason["text"]["text"] == "yield 0.620 is below 0.800"
     assert context == {"type": "context", "elements": [{"type": "mrkdwn", "text": "run ct-42"}]}
+
+
+def test_retrain_started_says_which_signal_tripped():
+    """Input drift with the yield still fine: Slack names drift, its p-value and the slice."""
+    drift = {"measured": True, "p_value": 0.002, "distance": 0.0312,
+             "slices": {"line-1": {"drifted": False}, "camera-2": {"drifted": True}}}
+    message = retrain_started(0.91, 0.7, 300, "3", reason="...", signals=["drift"], drift=drift)
+    assert message["text"] == "Retraining started on drift: champion v3 yield 0.910, input drift p = 0.0020"
+    shown = [f["text"] for f in message["blocks"][1]["fields"]]
+    assert shown[0] == "*Tripped*\ndrift"
+    assert shown[-2:] == ["*Input drift*\np = 0.0020 (distance 0.0312)", "*Drifted slices*\ncamera-2"]
+    both = retrain_started(0.5, 0.7, 300, "3", signals=["yield", "drift"], drift=drift)
+    assert both["text"] == "Retraining started on yield and drift: champion v3 yield 0.500 < 0.700, input drift p = 0.0020"
 
 
 def test_retrain_started_does_not_take_the_whole_monitor_result():
@@ -94,8 +107,8 @@ def test_announce_retrain_reads_the_monitors_decision(prediction_store, tmp_path
     expected = retrain_started(0.5, 0.7, 10, "2", mode="confidence", baseline=None, reason=result.reason,
                                run_name="ct-7")
     assert line["message"] == expected
-    assert expected["text"] == "Retraining started: champion v2 yield 0.500 < 0.700"
-    assert len(expected["blocks"][1]["fields"]) == 4  # no baseline with a fixed threshold
+    assert expected["text"] == "Retraining started on yield: champion v2 yield 0.500 < 0.700"
+    assert len(expected["blocks"][1]["fields"]) == 5  # no baseline with a fixed threshold
 
 
 def test_announce_retrain_shows_the_baseline_of_the_baseline_rule(prediction_store, tmp_path, outbox):
@@ -105,7 +118,7 @@ def test_announce_retrain_shows_the_baseline_of_the_baseline_rule(prediction_sto
     check_store_yield(prediction_store.root, 10, 0.0, False, 0.05, 0.6, 0.9, tmp_path / "window.jsonl", decision)
     announce_retrain(decision, "ct-8")
     fields = outbox_lines(outbox)[0]["message"]["blocks"][1]["fields"]
-    assert [field["text"] for field in fields][1:] == [
+    assert [field["text"] for field in fields][2:] == [
         "*Threshold*\n0.950", "*Window*\n10 predictions", "*Champion*\nversion 1", "*Baseline*\n1.000"]
 
 
