@@ -24,10 +24,11 @@ from scipy import ndimage
 from ctloop.images import ImageSet
 from ctloop.simulator import DigitsSplit, stratified_line_split
 
-__all__ = ["PART_CLASSES", "parts_images", "parts_split"]
+__all__ = ["PART_CLASSES", "OK_CLASS", "parts_images", "parts_split", "with_ok_share"]
 
 PART_CLASSES: tuple[str, ...] = ("ok", "scratch", "hole", "crack", "chipped")
 _OK, _SCRATCH, _HOLE, _CRACK, _CHIPPED = range(len(PART_CLASSES))
+OK_CLASS = PART_CLASSES[_OK]  # a good part: the monitor's pass rate (yield_mode pass_rate) counts these
 
 _REFERENCE_SIZE = 32  # sizes in pixels below are for 32x32 images and scale with the image
 # Parts stay within 0.35 of the side from the centre, so that the camera shift of ctloop.drift at
@@ -98,6 +99,30 @@ def parts_split(seed: int = 0, image_size: int = 32, per_class: int = 600) -> Di
     labels = rng.permutation(np.repeat(np.arange(len(PART_CLASSES), dtype=np.int64), per_class))
     everything = ImageSet(parts_images(labels, image_size, seed), labels, PART_CLASSES)
     return stratified_line_split(everything, seed)
+
+
+def with_ok_share(pool: ImageSet, ok_share: float, seed: int = 0) -> ImageSet:
+    """The pool as a line meets it: every OK part, and just enough defective parts, the same number
+    of each defect class as far as the pool has them, for OK parts to be `ok_share` of the result.
+
+    parts_split is balanced (a fifth of the parts OK), which suits training but not a pass rate:
+    a real line passes most of its parts.
+
+    Args:
+        pool: parts of every class of PART_CLASSES (e.g. parts_split's production pool).
+        ok_share: the share of OK parts wanted, in (0, 1).
+        seed: decides which defective parts are kept.
+    """
+    if not 0.0 < ok_share < 1.0:
+        raise ValueError(f"ok_share must be in (0, 1), got {ok_share!r}")
+    ok = np.flatnonzero(pool.labels == _OK)
+    if len(ok) == 0:
+        raise ValueError(f"the pool has no {OK_CLASS!r} part")
+    rng = np.random.default_rng([seed, 3])
+    per_class = max(1, round(len(ok) * (1.0 - ok_share) / ok_share / (len(PART_CLASSES) - 1)))
+    defective = [rng.permutation(np.flatnonzero(pool.labels == label))[:per_class]
+                 for label in range(len(PART_CLASSES)) if label != _OK]
+    return pool.subset(np.sort(np.concatenate([ok, *defective])))
 
 
 def parts_images(labels: np.ndarray, image_size: int = 32, seed: int = 0) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,8 +35,9 @@ def bootstrap_models(
     progress: bool = True,
     config: PipelineConfig | None = None,
     weights: Mapping[Role, Path] | None = None,
+    roles: Sequence[Role] = ROLES,
 ) -> tuple[dict[Role, Path], dict[Role, float]]:
-    """Train champion, B1 and B2 on `train`, each of the family `config` names (default: the
+    """Train champion, B1 and B2 (or only `roles`) on `train`, each of the family `config` names (default: the
     shipped config); write `<role>.pt` into `models_dir`. `epochs` overrides each recipe's ceiling.
     A role in `weights` starts from that file's weights (ctloop.modelfile.read_weights) instead of
     a random initialisation; tensors whose shape differs, such as a head for other classes, are
@@ -45,7 +46,7 @@ def bootstrap_models(
     families = {"champion": config.champion_family, "b1": config.b1_family, "b2": config.b2_family}
     files: dict[Role, Path] = {}
     scores: dict[Role, float] = {}
-    for role in ROLES:
+    for role in roles:
         base = champion_recipe(config.champion_augment) if role == "champion" else RECIPES[role]
         recipe = replace(base, family=families[role], epochs=epochs or base.epochs)
         initial = None

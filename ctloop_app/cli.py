@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-mlflow-server", action="store_true", help="use the SQLite file directly")
     demo.add_argument("--models", type=Path,
                       help="start from a `ctloop bootstrap --out` folder on the digits instead of training one")
+    demo.add_argument("--parts-drift", choices=DRIFT_KINDS, default="lighting",
+                      help="how the parts line, where the demo shows the pass rate, drifts (default %(default)s)")
+    demo.add_argument("--no-parts-line", action="store_true", help="skip the parts line and its pass rate")
     demo.set_defaults(command=_demo)
 
     boot = commands.add_parser("bootstrap", help="train champion, B1 and B2 on clean data")
@@ -163,11 +166,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _demo(args: argparse.Namespace) -> int:
     from ctloop_app.demo import DemoSettings, run_demo
+    from ctloop_app.demo_parts import PartsLineSettings
     from ctloop_app.report import summary_table, write_html_report, write_summary_json
 
     settings = DemoSettings(work_dir=args.work_dir, seed=args.seed, drift_kind=args.drift,
                             drift_severity=args.severity, config=load_config(args.config),
-                            mlflow_server=not args.no_mlflow_server, models=args.models)
+                            mlflow_server=not args.no_mlflow_server, models=args.models,
+                            parts=None if args.no_parts_line else PartsLineSettings(drift_kind=args.parts_drift))
     summary = run_demo(settings)
     print()
     print(summary_table(summary))

@@ -2,11 +2,15 @@
 
 Bootstraps the three models on clean digits, starts TorchServe and MLflow, plays clean traffic
 (the monitor stays quiet), injects drift (the monitor trips and the pipeline retrains and
-deploys), plays more drifted traffic (yield recovers), and reports what happened.
+deploys), plays more drifted traffic (yield recovers), and reports what happened. Then, unless
+told not to, it shows the pass rate on a line with an OK class, the parts line
+(ctloop_app.demo_parts): the share of parts classified OK, as the monitor measures it, before and
+after that line drifts, and whether the monitor tripped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,6 +28,7 @@ from ctloop_app.stack import LocalStack, install_models, local_stack
 from ctloop_app.traffic import Answer, Traffic
 from ctloop_app.figures import champion_accuracies
 from ctloop_app.local_run import LocalRun, run_cycle
+from ctloop_app.demo_parts import PartsLineSettings, PassRateSummary, run_parts_line
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class DemoSettings:
     bootstrap_epochs: int | None = None
     mlflow_server: bool = True
     models: Path | None = None  # a `ctloop bootstrap` folder on the digits to start from; None trains one
+    parts: PartsLineSettings | None = field(default_factory=PartsLineSettings)  # None: no pass-rate part
 
 
 @dataclass
@@ -65,6 +71,7 @@ class DemoSummary:
     timeline: list[tuple[int, float, str]]
     confusion_matrices: dict[str, dict[str, Any]]
     seconds: float
+    pass_rate: PassRateSummary | None = None  # the parts line's pass rate; None when it did not run
 
 
 def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> DemoSummary:
@@ -93,11 +100,16 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
         final_version = stack.client.default_version("champion")
         last_parts = story.play("after retraining" if final_version != first_version else "drift, not retrained")
         scores = champion_accuracies(stack.tracking_uri, [first_version, final_version], last_parts)
+    pass_rate = None
+    if settings.parts is not None:
+        pass_rate = run_parts_line(work / "parts", settings.parts, settings.config, settings.seed,
+                                   settings.audit_share, settings.concurrency, say)
     monitor = story.cycles[-1]["outputs"].get("monitor-op", {})
     consensus = story.cycles[-1]["outputs"].get("consensus-op", {})
     return DemoSummary(
         settings={"seed": settings.seed, "drift_kind": settings.drift_kind, "drift_severity": settings.drift_severity,
-                  "audit_share": settings.audit_share, **settings.config.as_dict()},
+                  "audit_share": settings.audit_share, **settings.config.as_dict(),
+                  "parts_line": dataclasses.asdict(settings.parts) if settings.parts is not None else None},
         phases=story.phases,
         cycles=story.cycles,
         champion_before=first_version,
@@ -111,6 +123,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> Demo
         timeline=story.timeline,
         confusion_matrices=story.cycles[-1]["confusion_matrices"],
         seconds=time.monotonic() - started,
+        pass_rate=pass_rate,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ctloop_app.demo import DemoSummary
+from ctloop_app.demo_parts import PassRateSummary
 from ctloop_app.figures import optional_figure
 from ctloop.images import write_atomic
 
@@ -43,7 +44,21 @@ def summary_table(summary: DemoSummary) -> str:
     lines += ["", "retraining cycle, seconds per stage (process start-up included):"]
     lines += _table([("stage", "seconds")] + [(name, f"{seconds:.2f}")
                                               for name, seconds in retrain["stage_seconds"].items()])
+    if summary.pass_rate is not None:
+        lines += ["", *pass_rate_table(summary.pass_rate)]
     return "\n".join(lines)
+
+
+def pass_rate_table(line: PassRateSummary) -> list[str]:
+    """The parts line's pass rate per phase, as the monitor measured it, and whether it tripped."""
+    head = (f"pass rate on the parts line ({line.image_size}x{line.image_size}, {line.line_ok_share:.0%} OK parts; "
+            f"yield_mode pass_rate, ok_class {line.ok_class!r}; champion golden accuracy "
+            f"{line.golden_accuracy:.3f}; not retrained here, {line.seconds:.1f} s):")
+    rows = [("phase", "parts", "pass rate", "truly OK", "accuracy", "threshold", "monitor")]
+    rows += [(p.name, str(p.parts), f"{p.pass_rate:.3f}" + ("" if p.mode == "pass_rate" else f" ({p.mode})"),
+              f"{p.ok_share:.3f}", f"{p.accuracy:.3f}", optional_figure(p.threshold),
+              "tripped: retrain" if p.retrain else "quiet") for p in line.phases]
+    return [head, *_table(rows)]
 
 
 def write_summary_json(summary: DemoSummary, path: Path) -> None:

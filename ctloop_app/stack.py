@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from ctloop import registry
 from ctloop_app.install import BRANCH_VERSION, REGISTERED_MODEL
@@ -23,7 +23,7 @@ from ctloop_app.ports import StackPorts
 from serving.server import LocalTorchServe
 from serving.state import ServingState, write_state
 
-__all__ = ["BRANCH_VERSION", "REGISTERED_MODEL", "LocalStack", "install_models", "local_stack"]
+__all__ = ["BRANCH_VERSION", "REGISTERED_MODEL", "LocalStack", "install_models", "local_stack", "serve_models"]
 
 
 @dataclass
@@ -96,13 +96,19 @@ def install_models(
     version = registry.register_model_file(REGISTERED_MODEL, model_files["champion"], train_set,
                                            tracking_uri=stack.tracking_uri)
     registry.promote(REGISTERED_MODEL, version, stack.tracking_uri)
+    serve_models(stack, {role: model_files[role] for role in ("champion", "b1", "b2")}, version, workers)
+    return version
+
+
+def serve_models(stack: LocalStack, model_files: Mapping[str, Path], version: str, workers: int = 1) -> None:
+    """Serve each role of `model_files`, the champion as `version` and B1 and B2 as BRANCH_VERSION,
+    without the registry (install_models registers the champion first)."""
     state = ServingState()
-    for role in ("champion", "b1", "b2"):
+    for role, model_file in model_files.items():
         role_version = version if role == "champion" else BRANCH_VERSION
-        archive = build_archive(model_files[role], role, role_version, stack.model_store, workers=workers)
+        archive = build_archive(model_file, role, role_version, stack.model_store, workers=workers)
         stack.client.register(archive.name, role, initial_workers=workers)
         state = state.serve_archive(role, role_version, archive, workers)
     write_state(stack.model_store, state)  # what a restarted TorchServe serves (serving.state)
-    return version
 
 

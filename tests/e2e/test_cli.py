@@ -13,10 +13,11 @@ import yaml
 from ctloop_app.cli import main
 from ctloop.config import PipelineConfig
 from ctloop_app.demo import DemoSettings, run_demo
+from ctloop_app.demo_parts import PartsLineSettings
 from ctloop.drift import apply_drift
 from ctloop.imagefolder import write_image_folder
 from ctloop.images import ImageSet
-from ctloop_app.report import summary_table, write_html_report, write_summary_json
+from ctloop_app.report import pass_rate_table, summary_table, write_html_report, write_summary_json
 from ctloop.simulator import digits_split
 
 
@@ -93,9 +94,15 @@ def test_demo_recovers_yield_and_writes_its_reports(boot, tmp_path: Path) -> Non
     # Retraining for 20 epochs, not the default 40: the recovery asserted below is still wide
     # (measured at 15: yield 0.20 -> 0.65, golden set within 0.006 of the old champion). The demo
     # starts from the session's bootstrap (the same digits, seed and recipes), as `--models` does.
-    settings = DemoSettings(work_dir=tmp_path / "demo", config=PipelineConfig(recent_window=200, train_epochs=20),
-                            mlflow_server=False, models=boot.model_files["champion"].parents[1])
-    summary = run_demo(settings, say=lambda line: None)
+    # Its parts line is smaller than make run's (16x16, 6 epochs): a weaker champion, whose clean
+    # pass rate may be below the shipped yield_floor, so the floor is 0 (the digits' monitor uses
+    # the fixed threshold and never reads it).
+    config = PipelineConfig(recent_window=200, train_epochs=20, yield_floor=0.0)
+    settings = DemoSettings(work_dir=tmp_path / "demo", config=config, mlflow_server=False,
+                            models=boot.model_files["champion"].parents[1],
+                            parts=PartsLineSettings(image_size=16, epochs=6))
+    said: list[str] = []
+    summary = run_demo(settings, say=said.append)
     clean, drifted, after = summary.phases
     assert drifted.yield_value < 0.7 <= clean.yield_value
     assert after.yield_value > drifted.yield_value + 0.2
@@ -113,3 +120,15 @@ def test_demo_recovers_yield_and_writes_its_reports(boot, tmp_path: Path) -> Non
     assert data["champion_after"] == "2" and len(data["phases"]) == 3
     page = (tmp_path / "run_report.html").read_text()
     assert "<svg" in page and "challenger_golden" in page
+    # The pass rate on a line with an OK class: quiet on clean parts, tripped when the lighting changes.
+    assert summary.pass_rate is not None
+    parts_clean, parts_drifted = summary.pass_rate.phases
+    assert [parts_clean.mode, parts_drifted.mode] == ["pass_rate", "pass_rate"]
+    assert not parts_clean.retrain and parts_drifted.retrain
+    assert parts_drifted.pass_rate < parts_clean.pass_rate - config.yield_drop_tolerance
+    assert 0.75 < parts_clean.ok_share < 0.95  # the line's mix: mostly OK parts
+    assert any(line.startswith(f"parts line, lighting drift: 200 parts, pass rate {parts_drifted.pass_rate:.3f}")
+               and "as pass rate (share classified 'ok')" in line and " is below " in line for line in said)
+    assert "\n".join(pass_rate_table(summary.pass_rate)) in table and "tripped: retrain" in table
+    assert [phase["retrain"] for phase in data["pass_rate"]["phases"]] == [False, True]
+    assert "pass rate on the parts line" in page

@@ -13,7 +13,7 @@ import pytest
 
 import ctloop.parts
 from ctloop.imagefolder import read_image_folder, write_image_folder
-from ctloop.parts import PART_CLASSES, parts_images, parts_split
+from ctloop.parts import OK_CLASS, PART_CLASSES, parts_images, parts_split, with_ok_share
 from ctloop.simulator import DigitsSplit
 
 PER_CLASS = 40
@@ -29,8 +29,19 @@ def labels_of(n: int) -> np.ndarray:
 
 
 def test_public_names() -> None:
-    assert sorted(ctloop.parts.__all__) == ["PART_CLASSES", "parts_images", "parts_split"]
-    assert PART_CLASSES[0] == "ok" and 4 <= len(PART_CLASSES) <= 5
+    assert sorted(ctloop.parts.__all__) == ["OK_CLASS", "PART_CLASSES", "parts_images", "parts_split", "with_ok_share"]
+    assert PART_CLASSES[0] == OK_CLASS == "ok" and 4 <= len(PART_CLASSES) <= 5
+
+
+def test_a_line_mix_keeps_every_ok_part_and_as_many_of_each_defect(split: DigitsSplit) -> None:
+    pool = split.production  # 12 parts of each class
+    mixed = with_ok_share(pool, 0.5, seed=0)
+    assert np.bincount(mixed.labels).tolist() == [12, 3, 3, 3, 3]
+    assert mixed.class_names == PART_CLASSES
+    rows = {image.tobytes() for image in pool.images}
+    assert all(image.tobytes() in rows for image in mixed.images)
+    assert not np.array_equal(mixed.images, with_ok_share(pool, 0.5, seed=1).images)
+    assert np.bincount(with_ok_share(pool, 0.85).labels).tolist() == [12, 1, 1, 1, 1]  # at least one of each
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -110,6 +121,7 @@ def test_the_line_round_trips_through_an_image_folder(split: DigitsSplit, tmp_pa
         (lambda: parts_images(np.array([0, 5]), 32), "labels must be a 1-d array of class ids in [0, 4]"),
         (lambda: parts_images(np.array([0, 1]), 8), "image_size must be an integer >= 16 pixels, got 8"),
         (lambda: parts_split(per_class=9), "per_class must be an integer >= 10 (each part needs each class), got 9"),
+        (lambda: with_ok_share(parts_split(per_class=10).production, 1.0), "ok_share must be in (0, 1), got 1.0"),
     ],
 )
 def test_bad_arguments_are_rejected_with_a_clear_message(call: Callable[[], object], message: str) -> None:
