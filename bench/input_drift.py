@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 from torch import nn
 
-from bench.settings import DRIFT_LEVEL, DRIFT_PERMUTATIONS, BenchSettings
+from bench.settings import BenchSettings
 from ctloop.config import PipelineConfig
 from ctloop.drift import DriftKind
 from ctloop.images import ImageSet
@@ -37,7 +37,7 @@ TRIGGERS = ("drift", "yield")
 def bench_input_drift(boot: BootstrapResult, settings: BenchSettings) -> dict[str, object]:
     """Per drift kind: false alarms on its streams' clean windows and, per severity, the delays."""
     config, window, step = settings.config, settings.config.recent_window, settings.drift_check_every
-    level, permutations = _drift_parameters(config)
+    level, permutations = config.drift_level, config.drift_permutations
     if window % step:
         raise ValueError(f"recent_window ({window}) must be a multiple of drift_check_every ({step})")
     champion = load_model(boot.model_files["champion"])[0]
@@ -76,11 +76,6 @@ def bench_input_drift(boot: BootstrapResult, settings: BenchSettings) -> dict[st
     }
 
 
-def _drift_parameters(config: PipelineConfig) -> tuple[float, int]:
-    """The config's drift_level and drift_permutations; the bench's defaults while it has none."""
-    return getattr(config, "drift_level", DRIFT_LEVEL), getattr(config, "drift_permutations", DRIFT_PERMUTATIONS)
-
-
 def _seed(seed: int, kind_number: int, repeat: int) -> int:
     """A stream's own seed: every kind and repeat sees other parts (the severities of one kind the same)."""
     return seed * 100_000 + (kind_number + 1) * 1000 + repeat
@@ -106,7 +101,7 @@ def _stream(champion: nn.Module, pool: ImageSet, kind: DriftKind, severity: floa
     confident = probabilities.max(axis=1) >= config.yield_confidence
     right = probabilities.argmax(axis=1) == parts.labels
     threshold = _yield_threshold(config, float(confident[:window].mean()))
-    level, permutations = _drift_parameters(config)
+    level, permutations = config.drift_level, config.drift_permutations
 
     def drift_trips(end: int) -> bool:
         began = time.perf_counter()

@@ -7,12 +7,6 @@ from dataclasses import dataclass, field
 from ctloop.config import PipelineConfig
 from ctloop.drift import DRIFT_KINDS, DriftKind
 
-# The drift trigger's defaults (p-value level, relabellings), the input-drift benchmark's fallback
-# while PipelineConfig has no drift_level and drift_permutations: the drift stage adds those keys
-# to ctloop.yaml with these values, and from then on the benchmark reads the config's.
-DRIFT_LEVEL = 0.01
-DRIFT_PERMUTATIONS = 500
-
 
 @dataclass(frozen=True)
 class TorchServeSettings:

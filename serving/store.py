@@ -43,8 +43,8 @@ class PredictionLogError(PredictionStoreError):
 class PredictionRecords(list):
     """The complete records of a log (a list of dicts), plus what was skipped: `truncated_tail`,
     whether its last line was cut short (a writer interrupted mid-line, or the file copied while
-    being written), and `broken_lines`, the numbers of earlier lines that are not JSON (such a
-    fragment, closed by the next writer so that its records stay whole)."""
+    being written), and `broken_lines`, the numbers of earlier lines that are not JSON (skipped, so
+    that the records after them still count)."""
 
     def __init__(self, records: list[dict], truncated_tail: bool, broken_lines: list[int]) -> None:
         super().__init__(records)
