@@ -52,7 +52,7 @@ def test_without_an_engine_the_build_is_skipped() -> None:
     lines: list[str] = []
     built = build_images(IMAGES, ROOT, engine=lambda: (None, "no socket"), log=lines.append)
     assert built == []
-    assert lines == [lines[0]] and "no Docker engine answered (no socket); skipped building 9 images" in lines[0]
+    assert lines == [lines[0]] and f"no Docker engine answered (no socket); skipped building {len(STAGES) + 1} images" in lines[0]
 
 
 def test_cli_exits_zero_when_docker_is_absent(monkeypatch, capsys) -> None:
@@ -102,7 +102,7 @@ def test_with_an_engine_each_image_is_built_from_the_root_and_pushed(checkout) -
 def test_the_engines_base_image_is_used_and_pulled_only_when_asked(checkout) -> None:
     images, lines = FakeImages(), []
     build_images(IMAGES, checkout, engine=lambda: (fake_client(images), ""), log=lines.append, find_links=list)
-    assert images.pulls == [False] * 9
+    assert images.pulls == [False] * (len(STAGES) + 1)  # every stage and serving
     assert f"base {BASE}: the engine's copy (pass --pull to refresh it)" in lines
     images, lines = FakeImages(), []
     build_images(IMAGES, checkout, only=("monitor",), pull=True, engine=lambda: (fake_client(images), ""),
