@@ -130,6 +130,11 @@ def prediction_record(request_id: str, server_id: str, time: float, model_name: 
             "atc_threshold": atc_threshold, "slice": slice_name}
 
 
+def record_slice(record: dict[str, Any]) -> str:
+    """The slice a prediction record names, "" for none (records written before slices have no field)."""
+    return str(record.get("slice") or "")
+
+
 def record_problem(record: Any) -> str | None:
     """What makes `record` something the champion handler would never write, or None."""
     if not isinstance(record, dict):

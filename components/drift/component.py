@@ -45,8 +45,9 @@ def drift_op(
         result = check_drift_from_registry(Path(store_dir), recent_window, trigger, drift_level, drift_permutations,
                                            Path(monitor_decision.path), Path(monitor_window.path), Path(decision.path),
                                            Path(window.path), mlflow_tracking_uri, registered_model)
-    for name, value in decision_metrics(result).items():
+    figures = decision_metrics(result)
+    for name, value in figures.items():
         metrics.log_metric(name, value)
-    push_figures("drift", {**decision_metrics(result), "retrain": result["retrain"]},
+    push_figures("drift", {**figures, "retrain": result["retrain"]},
                  {"model_version": str(result["model_version"])}, result["drift"]["slices"])
     return result["retrain"]

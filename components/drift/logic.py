@@ -28,6 +28,7 @@ from ctloop.config import MIN_SLICE_RECORDS, TRIGGERS
 from ctloop.images import write_atomic
 from ctloop.mmd import mmd_test
 from ctloop.modelfile import embed, load_model
+from ctloop.wire import record_slice
 from serving.store import load_samples, read_newest, read_oldest
 
 __all__ = ["DriftResult", "check_drift", "check_drift_from_registry", "decide", "decision_metrics", "measure_drift"]
@@ -80,9 +81,9 @@ def measure_drift(store_dir: Path, recent_window: int, version: str, load_champi
     if not_yet:
         return DriftResult(False, False, None, None, level, len(window), len(reference), not_yet)
     features = embed(load_champion(), load_samples(store_dir, [record["sample"] for record in reference + window]))
-    groups = {name: ([i for i, r in enumerate(reference) if _slice(r) == name],
-                     [len(reference) + i for i, r in enumerate(window) if _slice(r) == name])
-              for name in sorted({_slice(record) for record in window} - {""})}
+    groups = {name: ([i for i, r in enumerate(reference) if record_slice(r) == name],
+                     [len(reference) + i for i, r in enumerate(window) if record_slice(r) == name])
+              for name in sorted({record_slice(record) for record in window} - {""})}
     groups = {name: sides for name, sides in groups.items() if min(map(len, sides)) >= MIN_SLICE_RECORDS}
     per_test = level / (1 + len(groups))
     overall = mmd_test(features[:len(reference)], features[len(reference):], permutations, seed)
@@ -175,7 +176,7 @@ def _retrain_window(monitor_window: Path, decision: dict[str, Any], drift: Drift
     if decision["signals"] != ["drift"] or not wanted:
         return text
     lines = [line for line in text.decode("utf-8").splitlines(keepends=True)
-             if line.strip() and _slice(json.loads(line)) in wanted]
+             if line.strip() and record_slice(json.loads(line)) in wanted]
     return "".join(lines).encode("utf-8")
 
 
@@ -195,7 +196,3 @@ def check_drift_from_registry(store_dir: Path, recent_window: int, trigger: str,
 
 def _key(record: dict[str, Any]) -> tuple[str, int]:
     return record["server_id"], record.get("item", 0)
-
-
-def _slice(record: dict[str, Any]) -> str:
-    return str(record.get("slice") or "")

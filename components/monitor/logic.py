@@ -26,7 +26,7 @@ from ctloop import alerts, slack
 from ctloop.config import MIN_SLICE_RECORDS, YIELD_MODES
 from ctloop.estimate import atc_estimate
 from ctloop.images import write_atomic
-from ctloop.wire import FEEDBACK_NAME
+from ctloop.wire import FEEDBACK_NAME, record_slice
 from serving.store import PredictionLogError, newest_version, read_jsonl, read_newest, read_oldest
 
 __all__ = ["MonitorResult", "PredictionLogError", "check_store_yield", "check_yield"]
@@ -265,7 +265,7 @@ def check_yield(
     slices = _judge_slices(window, baseline_window, judge, threshold, yield_drop_tolerance, yield_floor)
     tripped = [name for name, figures_ in slices.items() if figures_["retrain"]]
     if tripped and not retrain:
-        window = [record for record in window if _slice(record) in tripped]
+        window = [record for record in window if record_slice(record) in tripped]
         verdict = (f"is not below {rule}, but slice(s) {', '.join(tripped)} are below theirs: "
                    f"retrain on their {len(window)} predictions")
     if window_out is not None:
@@ -278,25 +278,21 @@ def check_yield(
     )
 
 
-def _slice(record: dict[str, Any]) -> str:
-    return str(record.get("slice") or "")
-
-
 def _judge_slices(window: list[dict[str, Any]], baseline_window: list[dict[str, Any]],
                   judge: Callable[[Sequence[dict[str, Any]]], float], threshold: float,
                   tolerance: float, floor: float) -> dict[str, dict[str, Any]]:
     """Each named slice (line, camera) with at least MIN_SLICE_RECORDS predictions in the window,
     judged on its own: a drift on one camera is otherwise diluted by the others. With the
     baseline rule (`baseline_window` given) a slice is held against its own baseline."""
-    names = sorted({_slice(record) for record in window})
+    names = sorted({record_slice(record) for record in window})
     if names == [""]:
         return {}
     judged = {}
     for name in names:
-        records = [record for record in window if _slice(record) == name]
+        records = [record for record in window if record_slice(record) == name]
         if len(records) < MIN_SLICE_RECORDS:
             continue
-        own = [record for record in baseline_window if _slice(record) == name]
+        own = [record for record in baseline_window if record_slice(record) == name]
         limit = max(judge(own) - tolerance, floor) if len(own) >= MIN_SLICE_RECORDS else threshold
         value = judge(records)
         judged[name or "(none)"] = {"count": len(records), "yield_value": value, "threshold": limit,
