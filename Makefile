@@ -21,20 +21,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # Tiers are folders: tests/unit (no servers, no pipeline runs), tests/integration (real
 # TorchServe, MLflow and local HTTP servers), tests/e2e (the pipeline through kfp.local, the CLI,
 # the benchmarks). Both targets check the import contracts first.
-# make test runs the tiers on two pytest-xdist workers (-n 2: both cores; the e2e tier is mostly
-# one-core subprocesses), then what CI and the cluster run (markers `containers`: the images and
-# the pipeline in them; `actions`: the workflows' jobs under act) on their own: their builds and
-# installs would otherwise starve the other worker's servers.
-SHIPPING := containers or actions
+# make test runs everything in one pytest on three pytest-xdist workers for two cores (much of the
+# suite waits on servers, subprocesses and the Docker engine): tests/conftest.py groups what CI and
+# the cluster run (markers `containers`, `actions`) on one worker, keeps a module with a
+# module-scoped fixture on one worker, and starts the slow tests first.
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -n 2 -m "not ($(SHIPPING))" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m "$(SHIPPING)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 3 --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
-#   make test-fast   # the unit tier: about a minute on 2 cores, for the edit-test loop
+#   make test-fast   # the unit tier: about 40 s on 2 cores, for the edit-test loop
 test-fast: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -n 2 tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder tests/unit $(PYTEST_ARGS)
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'

@@ -1,4 +1,4 @@
-"""Suite-wide fixtures. The tiers are folders: unit/ (no servers, no pipeline runs),
+"""Suite-wide fixtures. The tiers are folders: unit/ (no servers, no pipeline runs, no bootstrap),
 integration/ (a real TorchServe, MLflow, webhook or KFP server on 127.0.0.1) and e2e/ (the
 pipeline through kfp.local, the CLI, the benchmarks). Fixtures that start something import it
 when first used, so the unit tier never loads MLflow or TorchServe's code."""
@@ -27,7 +27,70 @@ with warnings.catch_warnings():
 
     gc.collect()
 
+# One OpenMP thread per process, set before anything imports torch and inherited by every server
+# and kfp.local step the tests start. torch's default, a thread per core, makes two processes
+# computing side by side (two xdist workers, or a worker and a pipeline step) spin against each
+# other: five epochs of the champion on digits took 2.2 s alone and 14 s beside a second such
+# process with two threads each, 2.2 s with one each.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 LEAKY_PREFIXES = ("MLFLOW_", "KFP_", "SLACK_", "TS_", "CTLOOP_")
+
+
+SHIPPING_MARKS = ("containers", "actions")
+UNIT_TIER = Path(__file__).resolve().parent / "unit"
+# Fixtures that start a server, an engine or a training run: none belongs in the unit tier.
+UNIT_TIER_FORBIDS = {"boot", "stack", "own_stack", "serving", "session_torchserve", "engine", "built",
+                     "mlflow_schema"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """How `make test`'s workers (pytest-xdist, `--dist loadgroup`) share the suite out.
+
+    - What CI and the cluster run (marks `containers`, `actions`) is one group, so one worker
+      builds and runs the images while the others run the tiers.
+    - A module with a module-scoped fixture (a TorchServe lent to the module, a bench run) is a
+      group, so that fixture is set up once; any other test goes to whichever worker is free.
+    - Slow tests start first, so that no long test begins when the rest is nearly done.
+    """
+    for item in items:
+        if _ships(item):
+            item.add_marker(pytest.mark.xdist_group("shipping"))
+        elif _uses_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: (not _ships(item), item.get_closest_marker("slow") is None))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail rather than run ungrouped: pytest-xdist groups by a suffix on the node ID, which some
+    pytest releases ignore without a word (pytest-dev/pytest-xdist#1386)."""
+    if getattr(session.config.option, "loadgroup", False):  # set on pytest-xdist's workers only
+        lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:
+            raise pytest.UsageError(f"--dist loadgroup did not group {lost[0]} (pytest-dev/pytest-xdist#1386)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture is set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A unit test that asks for a server or the bootstrap fails before starting it: it would take
+    `make test-fast` past its minute."""
+    heavy = UNIT_TIER_FORBIDS.intersection(getattr(item, "fixturenames", ()))
+    if heavy and item.path.is_relative_to(UNIT_TIER):
+        pytest.fail(f"a unit test must not use {', '.join(sorted(heavy))}: move it to tests/integration",
+                    pytrace=False)
+
+
+def _ships(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(name) for name in SHIPPING_MARKS)
+
+
+def _uses_a_module_fixture(item: pytest.Item) -> bool:
+    fixtures = getattr(item, "_fixtureinfo", None)
+    if fixtures is None:
+        return False
+    return any(definition.scope == "module" for definitions in fixtures.name2fixturedefs.values()
+               for definition in definitions)
 
 
 @pytest.fixture(autouse=True)

@@ -59,8 +59,8 @@ STAND_IN_FOR = {
 }
 JOB_TIMEOUT = 1800
 
-# `actions`: minutes per job (each job installs ctloop into a fresh venv); make test runs these
-# after the parallel tiers, with the container tier.
+# `actions`: minutes per job (each job installs ctloop into a fresh venv); make test runs these on
+# one worker, with the container tier (tests/conftest.py).
 pytestmark = [pytest.mark.slow, pytest.mark.actions]
 
 
