@@ -39,7 +39,8 @@ LEAKY_PREFIXES = ("MLFLOW_", "KFP_", "SLACK_", "TS_", "CTLOOP_")
 
 SHIPPING_MARKS = ("containers", "actions")
 UNIT_TIER = Path(__file__).resolve().parent / "unit"
-# Fixtures that start a server, an engine or a training run: none belongs in the unit tier.
+# Fixtures that start a server, the Docker engine, MLflow's schema migrations or the bootstrap's
+# training: none belongs in the unit tier.
 UNIT_TIER_FORBIDS = {"boot", "stack", "own_stack", "serving", "session_torchserve", "engine", "built",
                      "mlflow_schema"}
 
