@@ -11,6 +11,7 @@ its task writes its output. Overhead per stage is estimated from separate measur
   process, minus bare Python's start-up;
 - artifact I/O: reading and re-writing the stage's output artifacts (ImageSets decoded and
   encoded as the stages do).
+Start-up and import times are measured once per bench run, so the parts line's cycle reuses them.
 The rest of a stage's wall time is its work (training, HTTP calls to TorchServe and MLflow).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import importlib
 import inspect
 import os
@@ -91,7 +93,7 @@ def bench_cycle(stack: LocalStack, boot: BootstrapResult, settings: BenchSetting
     with DefaultWatcher(stack.client, pool.images[:1], old_version) as watcher, quiet(work / "cycle.log"):
         run = run_cycle(stack, config, boot.golden_set, work / "pipeline_root")
     tripped_at = _finished_at(run, "monitor-op")
-    stages = _stage_breakdown(run, _noop_task_seconds(work), _import_seconds(run))
+    stages = _stage_breakdown(run, _noop_task_seconds(), _import_seconds(run))
     window = _trip_to_default_tasks(run)
     return {
         "succeeded": run.succeeded,
@@ -181,10 +183,12 @@ def _read_and_write(path: Path, copy: Path) -> None:
         write_atomic(copy, path.read_bytes())
 
 
-def _noop_task_seconds(work: Path) -> float:
-    """Median wall time of a no-op kfp.local task: the per-stage cost of being a task."""
-    with quiet(work / "noop.log"):
-        run = run_locally(build_noop_pipeline(NOOP_TASKS), {}, work / "noop_root")
+@functools.cache
+def _noop_task_seconds() -> float:
+    """Median wall time of a no-op kfp.local task: the per-stage cost of being a task. Measured
+    once per bench run; the parts line's cycle uses the digits cycle's figure."""
+    with tempfile.TemporaryDirectory() as folder, quiet(Path(folder) / "noop.log"):
+        run = run_locally(build_noop_pipeline(NOOP_TASKS), {}, Path(folder) / "noop_root")
     return statistics.median(task.seconds for task in run.tasks.values())
 
 
@@ -192,15 +196,8 @@ def _import_seconds(run: LocalRun) -> dict[str, float]:
     """Per task that ran: the import statements of its component function, timed in a fresh
     Python process, less bare Python's start-up (which the no-op task already counts)."""
     bare = _python_seconds("pass")
-    timed: dict[str, float] = {}
-    seconds = {}
-    for name in run.tasks:
-        if name in TASK_FUNCTION:
-            code = component_imports(TASK_FUNCTION[name])
-            if code not in timed:
-                timed[code] = max(0.0, _python_seconds(code) - bare)
-            seconds[name] = timed[code]
-    return seconds
+    return {name: max(0.0, _python_seconds(component_imports(TASK_FUNCTION[name])) - bare)
+            for name in run.tasks if name in TASK_FUNCTION}
 
 
 def component_imports(function: Callable) -> str:
@@ -218,8 +215,10 @@ def _function_imports(tree: ast.AST) -> list[str]:
             for node in ast.walk(function) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
+@functools.cache
 def _python_seconds(code: str) -> float:
-    """Wall time of `python -c code`, with the flag kfp's executor sets in every task."""
+    """Wall time of `python -c code`, with the flag kfp's executor sets in every task; measured once
+    per bench run (tasks sharing imports, and the parts line's cycle, reuse the figure)."""
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, capture_output=True,
                    env={**os.environ, "_KFP_RUNTIME": "true"})

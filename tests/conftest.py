@@ -87,9 +87,12 @@ def _ships(item: pytest.Item) -> bool:
 
 
 def _uses_a_module_fixture(item: pytest.Item) -> bool:
-    fixtures = getattr(item, "_fixtureinfo", None)
-    if fixtures is None:
+    if not isinstance(item, pytest.Function):
         return False
+    fixtures = getattr(item, "_fixtureinfo", None)  # private: pytest has no public way to a fixture's scope
+    if fixtures is None:
+        raise pytest.UsageError(f"{item.nodeid}: pytest no longer has Function._fixtureinfo; tests/conftest.py "
+                                "cannot keep a module's module-scoped fixture on one worker")
     return any(definition.scope == "module" for definitions in fixtures.name2fixturedefs.values()
                for definition in definitions)
 

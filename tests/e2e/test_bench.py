@@ -117,7 +117,7 @@ def test_deploy_under_load_loses_nothing(tiny) -> None:
 def test_the_loop_over_time_records_every_cycle(tiny) -> None:
     longrun = tiny[0]["longrun"]
     cycles = longrun["cycles"]
-    assert [cycle["drift"] for cycle in cycles] == ["blur", "blur", "clean"]
+    assert [cycle["drift"] for cycle in cycles] == ["blur", "clean"]
     assert all(cycle["succeeded"] for cycle in cycles) and longrun["goals"]["all_succeeded"]
     first = cycles[0]
     assert first["retrained"] and first["train_size"] > 0 and first["champion"] == "1 -> 2"  # the tiny cycle deploys

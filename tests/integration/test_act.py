@@ -7,7 +7,8 @@ action of a job before it starts, skipped steps' too, so each has one):
 
     actions/checkout            act's own copy of the working tree where there is no `ref:`;
                                 tests/actions/checkout (git archive of the ref) where there is (CD)
-    actions/setup-python        a fresh venv of the machine's python3.11, put on PATH
+    actions/setup-python        a fresh venv of the machine's python3.11, put on PATH, seeded
+                                with the cached venv of ctloop's dependencies (tests/wheel_support.py)
     actions/upload-artifact     a copy into CTLOOP_ARTIFACT_DIR, which the test reads
     docker/setup-buildx-action  checks the local engine answers
     docker/login-action         no-op (nothing is pushed: the event is a push to another branch)
@@ -20,8 +21,9 @@ without its `needs:` line, steps unchanged), and CD's job on a
 `workflow_run` event against the local KFP v2beta1 server (tests/kfp_support.py). Not run: CI's
 test job (that is `make test`), its notify job, and CD's serving deploy (kubectl/kustomize against a
 cluster: the step needs the KUBE_CONFIG secret, which is left unset; the test checks it was
-skipped, saying so). Jobs that `pip install` do so into the fresh venv from pip's cache, so a warm
-run still installs (measured times in README: "Executed here").
+skipped, saying so). Jobs that `pip install .` install ctloop alone into their fresh venv: its
+dependencies come from the seed (a hosted runner installs them as well; test_wheel.py installs a
+wheel the same way, and CI's test job installs everything). Measured times in README: "Executed here".
 
 act itself missing skips the module naming the package; the build job needs the Docker engine:
 without one it is skipped, and with CTLOOP_REQUIRE_DOCKER=1 that is a failure.
@@ -41,6 +43,7 @@ import yaml
 
 from cicd_support import ROOT, tool
 from kfp_support import TOKEN, serve_fake_kfp
+from wheel_support import dependency_site_packages
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 STAND_INS = ROOT / "tests" / "actions"
@@ -88,6 +91,21 @@ def act() -> str:
     if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
         pytest.skip("act needs a git repository with a commit")
     return binary
+
+
+@pytest.fixture(scope="module")
+def seed() -> list[str]:
+    """act's arguments that seed setup-python's venv with the cached dependencies (built the first
+    time on a machine, or when pyproject's dependencies change)."""
+    dependencies_at, seconds = dependency_site_packages()
+    if seconds is not None:
+        print(f"\n[act] ctloop's dependencies installed for the seed in {seconds:.1f} s")
+    return ["--env", f"CTLOOP_SETUP_PYTHON_SEED={dependencies_at}"]
+
+
+def installed_ctloop_alone(log: str) -> bool:
+    """The job's `pip install .` used the seed: it installed ctloop and found torch there."""
+    return "setup-python stand-in: dependencies from" in log and "Requirement already satisfied: torch==2.13.0" in log
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +178,9 @@ def is_commit(sha: str) -> bool:
     return subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{sha}^{{commit}}"]).returncode == 0
 
 
-def test_ci_compile_uploads_the_pipeline(act: str, tmp_path: Path) -> None:
-    run_act(act, tmp_path, "ci.yml", "compile", "push", push_event())
+def test_ci_compile_uploads_the_pipeline(act: str, seed: list[str], tmp_path: Path) -> None:
+    log, _ = run_act(act, tmp_path, "ci.yml", "compile", "push", push_event(), seed)
+    assert installed_ctloop_alone(log)
     [uploaded] = (tmp_path / "artifacts").glob("ctloop-pipeline-*/ctloop_pipeline.yaml")
     head = uploaded.parent.name.removeprefix("ctloop-pipeline-")
     assert is_commit(head), f"artifact {uploaded.parent.name} is not named after a commit"
@@ -201,7 +220,7 @@ def test_ci_build(act: str, engine, image: str, tmp_path: Path,
             subprocess.run(["docker", "image", "rm", tag], capture_output=True)
 
 
-def test_cd_on_workflow_run_submits_to_kfp(act: str, head: str, tmp_path: Path) -> None:
+def test_cd_on_workflow_run_submits_to_kfp(act: str, seed: list[str], head: str, tmp_path: Path) -> None:
     event = {
         "action": "completed",
         "workflow_run": {"conclusion": "success", "event": "push", "head_sha": head, "head_branch": "main",
@@ -210,7 +229,8 @@ def test_cd_on_workflow_run_submits_to_kfp(act: str, head: str, tmp_path: Path) 
     }
     with serve_fake_kfp() as (host, fake):
         log, _ = run_act(act, tmp_path, "cd.yml", "submit", "workflow_run", event,
-                         ["-s", f"KFP_HOST={host}", "-s", f"KFP_TOKEN={TOKEN}"])
+                         ["-s", f"KFP_HOST={host}", "-s", f"KFP_TOKEN={TOKEN}", *seed])
+    assert installed_ctloop_alone(log)
     # No cluster here: KUBE_CONFIG is unset, so the serving deploy (kubectl/kustomize) was skipped.
     assert "KUBE_CONFIG is not set; the serving image is not deployed." in log
     assert "Main Deploy this commit's serving image" not in log

@@ -1,43 +1,34 @@
 """The package works when installed: a wheel of this tree in a fresh venv outside the checkout.
 
-`pip wheel --no-deps` builds ctloop from a copy of the tree; it goes into a venv whose
-dependencies (pyproject's [project].dependencies, installed with this machine's pip config, so
-torch==2.13.0 comes from its find-links) are kept in
-~/.cache/ctloop/wheel-venv/<sha256 of the dependency list>/ like pip's own cache, while the ctloop
-wheel itself is reinstalled (`--force-reinstall --no-deps`) on every run. From a temporary
+`pip wheel --no-deps` builds ctloop from a copy of the tree; it goes (`--no-deps`) into a fresh
+venv seeded with ctloop's dependencies (pyproject's [project].dependencies, installed with this
+machine's pip config, so torch==2.13.0 comes from its find-links), which are kept in
+~/.cache/ctloop/dependency-venv/<sha256 of the dependency list>/ like pip's own cache
+(tests/wheel_support.py; a .pth file in the fresh venv points there). From a temporary
 directory (never the checkout), isolated (`python -I`, PATH = the venv and /usr/bin:/bin), the
 installed `ctloop compile --cluster` and `ctloop submit` run against the local KFP v2beta1 server,
 and the serving package data (config.properties, log4j2.xml, handlers, the wire contract in an
 archive) is read from the installed package.
 
 Slow: the first run builds the dependency venv (torch, MLflow, kfp, TorchServe; measured on the
-shared 2-core machine: 253 s of 271 s in all); a warm run only builds and reinstalls the wheel:
-22 s.
+shared 2-core machine: 253 s of 271 s in all); a warm run only builds the wheel and installs it
+into a fresh seeded venv.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
-import shutil
 import time
-import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from kfp_support import TOKEN, serve_fake_kfp
-from wheel_support import build_wheel, run
+from wheel_support import build_wheel, dependency_site_packages, run, seeded_venv
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctloop" / "wheel-venv"
-STAMP = ".dependencies-sha256"
 COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
-BUILD_TIMEOUT = 1800
 
 pytestmark = pytest.mark.slow
 
@@ -65,47 +56,19 @@ print(json.dumps({
 
 
 
-
-def dependencies() -> list[str]:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-
-
-def dependency_venv() -> tuple[Path, float | None]:
-    """The venv holding ctloop's dependencies, built if missing or stamped with another list;
-    returns it and the seconds the build took (None when the cached one was current)."""
-    deps = dependencies()
-    digest = hashlib.sha256(json.dumps(deps).encode()).hexdigest()
-    venv = CACHE / digest[:16]
-    stamp = venv / STAMP
-    if stamp.is_file() and stamp.read_text().strip() == digest and (venv / "bin" / "python").is_file():
-        return venv, None
-    started = time.monotonic()
-    shutil.rmtree(venv, ignore_errors=True)
-    run(["python3.11", "-m", "venv", str(venv)])
-    requirements = venv / "dependencies.txt"
-    requirements.write_text("\n".join(deps) + "\n")
-    run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--retries", "1", "-r", str(requirements)],
-        timeout=BUILD_TIMEOUT)
-    stamp.write_text(digest + "\n")
-    return venv, time.monotonic() - started
-
-
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The cached dependency venv with a wheel of this working tree freshly installed; its bin/."""
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv seeded with the cached dependencies, with a wheel of this working tree
+    installed; its bin/."""
     started = time.monotonic()
     wheel = build_wheel(tmp_path_factory.mktemp("ctloop-source"), tmp_path_factory.mktemp("wheel"))
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "venv.lock", "w") as lock:  # one builder or user of the venv at a time
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        venv, seconds = dependency_venv()
-        if seconds is not None:
-            print(f"\n[wheel venv] dependencies installed in {seconds:.1f} s")
-        run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps",
-             str(wheel)])
-        print(f"\n[wheel venv] wheel built and installed in {time.monotonic() - started:.1f} s")
-        yield venv / "bin"
-        fcntl.flock(lock, fcntl.LOCK_UN)
+    dependencies_at, seconds = dependency_site_packages()
+    if seconds is not None:
+        print(f"\n[wheel venv] dependencies installed in {seconds:.1f} s")
+    bin_dir = seeded_venv(tmp_path_factory.mktemp("wheel-venv") / "venv", dependencies_at)
+    run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)])
+    print(f"\n[wheel venv] wheel built and installed in {time.monotonic() - started:.1f} s")
+    return bin_dir
 
 
 def isolated_env(bin_dir: Path, home: Path, **extra: str) -> dict[str, str]:
