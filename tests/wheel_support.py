@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -19,8 +18,8 @@ from pathlib import Path
 from cicd_support import ROOT
 
 DEPENDENCY_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctloop" / "dependency-venv"
-STAMP = ".dependencies-sha256"
-BUILD_TIMEOUT = 1800
+STAMP = ".requirements-sha256"
+BUILD_TIMEOUT = 1800  # seconds for one `pip install -r`
 
 # What components/Dockerfile copies into the image before `pip install --no-deps .`.
 DOCKERFILE_COPIES = ("pyproject.toml", "README.md", "ctloop", "ctloop_app", "components", "serving",
@@ -50,47 +49,49 @@ def build_wheel(source: Path, out: Path) -> Path:
     return wheel
 
 
-
-def dependencies() -> list[str]:
-    """pyproject's [project].dependencies."""
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+def cached_venv(parent: Path, prefix: str, requirements: Path) -> tuple[Path, float | None]:
+    """The venv `<parent>/<prefix><sha256 of requirements>` holding what `requirements` lists, kept
+    between runs and checkouts like pip's own cache; built (with this machine's pip config, so
+    torch==2.13.0 comes from its find-links) if missing or stamped with another digest. Returns
+    it and the seconds the build took (None when the cached one was current). Call it locked."""
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    venv = parent / f"{prefix}{digest[:16]}"
+    stamp = venv / STAMP
+    if stamp.is_file() and stamp.read_text().strip() == digest and (venv / "bin" / "python").is_file():
+        return venv, None
+    started = time.monotonic()
+    shutil.rmtree(venv, ignore_errors=True)
+    run(["python3.11", "-m", "venv", str(venv)])
+    # One retry, not pip's five with backoff: an index this machine cannot reach (the torch stages'
+    # --extra-index-url, where only PyPI and local wheels are reachable) would otherwise cost
+    # about 7 s for every package pip looks up, a quarter of an hour per torch stage.
+    run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--retries", "1", "-r", str(requirements)],
+        timeout=BUILD_TIMEOUT)
+    stamp.write_text(digest + "\n")
+    return venv, time.monotonic() - started
 
 
 def dependency_site_packages() -> tuple[Path, float | None]:
-    """The site-packages of a venv holding ctloop's dependencies and never ctloop itself, in
-    DEPENDENCY_CACHE/<sha256 of the list>/ like pip's own cache (installed with this machine's pip
-    config, so torch==2.13.0 comes from its find-links); built if missing, under a lock. Returns
-    it and the seconds the build took (None when the cached one was current)."""
-    deps = dependencies()
-    digest = hashlib.sha256(json.dumps(deps).encode()).hexdigest()
-    venv = DEPENDENCY_CACHE / digest[:16]
+    """The site-packages of a cached venv (cached_venv, in DEPENDENCY_CACHE) holding pyproject's
+    [project].dependencies and never ctloop itself; returns it and the seconds a build took."""
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     DEPENDENCY_CACHE.mkdir(parents=True, exist_ok=True)
     with open(DEPENDENCY_CACHE / "venv.lock", "w") as lock:  # one builder at a time; then read-only
         fcntl.flock(lock, fcntl.LOCK_EX)
-        stamp = venv / STAMP
-        seconds = None
-        if not (stamp.is_file() and stamp.read_text().strip() == digest and (venv / "bin" / "python").is_file()):
-            started = time.monotonic()
-            shutil.rmtree(venv, ignore_errors=True)
-            run(["python3.11", "-m", "venv", str(venv)])
-            requirements = venv / "dependencies.txt"
-            requirements.write_text("\n".join(deps) + "\n")
-            run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--retries", "1", "-r",
-                 str(requirements)], timeout=BUILD_TIMEOUT)
-            stamp.write_text(digest + "\n")
-            seconds = time.monotonic() - started
-    return Path(site_packages(venv / "bin" / "python")), seconds
+        requirements = DEPENDENCY_CACHE / "dependencies.txt"
+        requirements.write_text("\n".join(dependencies) + "\n")
+        venv, seconds = cached_venv(DEPENDENCY_CACHE, "", requirements)
+    return site_packages(venv / "bin" / "python"), seconds
 
 
-def site_packages(python: Path) -> str:
+def site_packages(python: Path) -> Path:
     """The purelib folder of `python`'s environment."""
-    return run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    return Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
 
 
 def seeded_venv(venv: Path, dependencies_at: Path) -> Path:
     """A fresh venv at `venv` that also imports from `dependencies_at` (a .pth file: pip sees those
     distributions as installed, so installing ctloop there installs ctloop alone); returns its bin/."""
     run(["python3.11", "-m", "venv", str(venv)])
-    own = Path(site_packages(venv / "bin" / "python"))
-    (own / "ctloop-dependencies.pth").write_text(f"{dependencies_at}\n")
+    (site_packages(venv / "bin" / "python") / "ctloop-dependencies.pth").write_text(f"{dependencies_at}\n")
     return venv / "bin"

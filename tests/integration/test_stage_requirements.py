@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import ast
 import fcntl
-import hashlib
 import json
 import os
-import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,13 +30,10 @@ from pathlib import Path
 import pytest
 
 from kubeflow_pipeline.images import STAGES
-from wheel_support import build_wheel, run
+from wheel_support import build_wheel, cached_venv, run
 
 ROOT = Path(__file__).resolve().parents[2]
 VENVS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctloop" / "stage-venvs"
-STAMP = ".requirements-sha256"
-
-BUILD_TIMEOUT = 1800  # seconds for one stage's `pip install -r`
 
 pytestmark = pytest.mark.slow
 
@@ -82,10 +76,6 @@ def deferred_import_statements(stage: str) -> list[str]:
     return statements
 
 
-def requirements_digest(stage: str) -> str:
-    return hashlib.sha256((ROOT / "components" / stage / "requirements.txt").read_bytes()).hexdigest()
-
-
 @contextmanager
 def locked(stage: str) -> Iterator[None]:
     """One builder or user of a stage venv at a time (several people run tests in this tree)."""
@@ -98,28 +88,6 @@ def locked(stage: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-
-
-def stage_venv(stage: str) -> tuple[Path, float | None]:
-    """The stage's venv, built if missing or stamped with another requirements digest; returns
-    it and the seconds the build took (None when the cached one was current). Call it locked."""
-    digest = requirements_digest(stage)
-    venv = VENVS / f"{stage}-{digest[:16]}"
-    stamp = venv / STAMP
-    if stamp.is_file() and stamp.read_text().strip() == digest and (venv / "bin" / "python").is_file():
-        return venv, None
-    started = time.monotonic()
-    shutil.rmtree(venv, ignore_errors=True)
-    run(["python3.11", "-m", "venv", str(venv)])
-    # One retry, not pip's five with backoff: an index this machine cannot reach (the torch stages'
-    # --extra-index-url, where only PyPI and local wheels are reachable) would otherwise cost
-    # about 7 s for every package pip looks up, a quarter of an hour per torch stage.
-    run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--retries", "1", "-r",
-         str(ROOT / "components" / stage / "requirements.txt")], timeout=BUILD_TIMEOUT)
-    stamp.write_text(digest + "\n")
-    return venv, time.monotonic() - started
-
-
 @pytest.fixture(scope="module")
 def ctloop_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel of this working tree, built from what the Dockerfile copies, as the image builds it."""
@@ -129,7 +97,7 @@ def ctloop_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def check_in_stage_venv(stage: str, wheel: Path, statements: list[str], scratch: Path) -> dict:
     """Install `wheel` (no deps) into the stage's venv and run `statements` there, isolated."""
     with locked(stage):
-        venv, seconds = stage_venv(stage)
+        venv, seconds = cached_venv(VENVS, f"{stage}-", ROOT / "components" / stage / "requirements.txt")
         if seconds is not None:
             print(f"\n[stage venv] {stage}: built in {seconds:.1f} s")
         python = str(venv / "bin" / "python")
