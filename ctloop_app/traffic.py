@@ -1,14 +1,17 @@
 """Production traffic through the champion: one request per part, some parts audited.
 
 The demo and `ctloop run` use this to play a production line against TorchServe. Every part
-gets its own request id (`part-<position>`), so a quality audit can report the true label of
-some parts afterwards as ground-truth feedback (`<store>/feedback.jsonl`), the way an
-inspection station would.
+gets its own request id (`part-<batch>-<position>`, the batch a random token per Traffic), so a
+quality audit can report the true label of some parts afterwards as ground-truth feedback
+(`<store>/feedback.jsonl`), the way an inspection station would. Feedback is matched to
+predictions by request id, so ids must not repeat in a store, not even across the Traffics that
+send one window after another to it (the bench's loop over time, a test's second window).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +45,12 @@ class Traffic:
         self.rng = np.random.default_rng(seed)
         self.concurrency = concurrency
         self.position = 0
+        self.batch = secrets.token_hex(4)
         self.local = threading.local()
+
+    def request_id(self, position: int) -> str:
+        """The request id of the part at `position` (its feedback names the same id)."""
+        return f"part-{self.batch}-{position}"
 
     def send(self, parts: ImageSet) -> list[Answer]:
         """Predict every part (in order of position); audit a share of them."""
@@ -58,14 +66,14 @@ class Traffic:
         if not hasattr(self.local, "client"):
             self.local.client = TorchServeClient(self.client.inference_url, self.client.management_url,
                                                  self.client.keys)
-        prediction = self.local.client.predict("champion", image, request_id=f"part-{position}")
+        prediction = self.local.client.predict("champion", image, request_id=self.request_id(position))
         return Answer(position, int(true_label), prediction.labels[0], prediction.confidences[0],
                       prediction.model_version or "")
 
     def _write_feedback(self, audited: list[Answer]) -> None:
         if not audited:
             return
-        lines = "".join(json.dumps({"request_id": f"part-{answer.position}", "item": 0,
+        lines = "".join(json.dumps({"request_id": self.request_id(answer.position), "item": 0,
                                     "label": answer.true_label}) + "\n" for answer in audited)
         with open(self.feedback, "a", encoding="utf-8") as handle:
             handle.write(lines)
