@@ -4,9 +4,11 @@ The stream is digits parts in stages (by default lighting, then blur, then noise
 again, five cycles each). Every cycle sends a window of the stream through the champion (a
 quarter audited, as in the CT cycle) and runs the pipeline once, as `ctloop serve`'s schedule
 would. Per cycle it records:
-- the cycle's wall time (kfp.local, each task a fresh process);
+- the cycle's wall time (kfp.local, each task forked from the warm forkserver);
 - each stage's peak resident memory: the kernel's high-water mark (VmHWM) of the task's process,
-  read every 0.05 s while it runs (what a task reaches in its last 0.05 s can be missed);
+  read every 0.05 s while it runs (what a task reaches in its last 0.05 s can be missed, and a
+  task shorter than that, such as the monitor, can be missed entirely); a fork counts the
+  forkserver's preloaded modules it touches, which it shares with the forkserver;
 - the training set's size (consensus' `train_size`; none when the monitor did not retrain);
 - the champion's accuracy on the stream's true labels, before and after the cycle, on parts of the
   same stage the cycle never saw (an evaluation sample drawn with another seed).
@@ -22,7 +24,6 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-import psutil
 
 from bench.cycle import quiet
 from bench.settings import BenchSettings
@@ -33,6 +34,7 @@ from ctloop_app.figures import champion_accuracies
 from ctloop_app.local_run import run_cycle
 from ctloop_app.stack import LocalStack
 from ctloop_app.traffic import Traffic
+from ctloop_app.warm_tasks import running_tasks
 
 AUDIT_SHARE = 0.25
 EVAL_PARTS = 300
@@ -40,7 +42,7 @@ SAMPLE_SECONDS = 0.05
 
 
 class PeakMemory:
-    """Peak RSS per pipeline task (Linux's VmHWM), read from this process's descendants while a run goes."""
+    """Peak RSS per pipeline task (Linux's VmHWM) of this process's running tasks while a run goes."""
 
     def __init__(self) -> None:
         self.peaks: dict[str, int] = {}
@@ -49,12 +51,8 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            for process in psutil.Process().children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    command = process.cmdline()
-                    if "--function_to_execute" in command:
-                        task = command[command.index("--function_to_execute") + 1]
-                        self.peaks[task] = max(self.peaks.get(task, 0), _high_water_mark(process.pid))
+            for pid, task in running_tasks().items():
+                self.peaks[task] = max(self.peaks.get(task, 0), _high_water_mark(pid))
             self._stop.wait(SAMPLE_SECONDS)
 
     def __enter__(self) -> "PeakMemory":

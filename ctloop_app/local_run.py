@@ -1,8 +1,10 @@
 """Run the pipeline on this machine with kfp.local's SubprocessRunner: no Docker, no cluster.
 
-Each task runs as a fresh Python process of this environment (the stage images' contents are
-this package), and its outputs land under `pipeline_root`. The run is returned as a record of
-every task: status, wall time (which includes process start-up and imports) and outputs.
+Each task runs as its own Python process of this environment (the stage images' contents are
+this package), forked from a warm interpreter (ctloop_app.warm_tasks), and its outputs land under
+`pipeline_root`. The run is returned as a record of every task: status, wall time (which includes
+its process's start-up, and in a process's first run the first task's wait for the warm-up) and
+outputs.
 """
 
 import contextlib
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from kfp import local
+
+from ctloop_app import warm_tasks
 
 if TYPE_CHECKING:
     from ctloop.config import PipelineConfig
@@ -81,13 +85,16 @@ def run_locally(pipeline_func: Callable, arguments: dict[str, Any], pipeline_roo
                 runner: "local.SubprocessRunner | local.DockerRunner | None" = None) -> LocalRun:
     """Run `pipeline_func(**arguments)` with kfp.local; failures are recorded, not raised.
 
-    `runner` defaults to a SubprocessRunner in this environment; ctloop_app.container_run passes
-    a DockerRunner that runs every task in its stage's image."""
+    `runner` defaults to a SubprocessRunner in this environment whose tasks fork from a warm
+    interpreter; ctloop_app.container_run passes a DockerRunner that runs every task in its
+    stage's image."""
     pipeline_root = Path(pipeline_root).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(pipeline_root.iterdir())
     local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                raise_on_error=True)
+    if runner is None:
+        warm_tasks.install()
     timer = _TaskTimer()
     root_logger = logging.getLogger()
     root_logger.addFilter(timer)

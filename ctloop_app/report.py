@@ -97,7 +97,7 @@ def _timeline_svg(timeline: list[tuple[int, float, str]], confidence: float, thr
     scale_x = width / max(len(confident), 1)
     parts = [f"<svg width='{width}' height='{height + 20}' xmlns='http://www.w3.org/2000/svg'>",
              f"<rect width='{width}' height='{height}' fill='#f8f9fa'/>"]
-    parts += [f"<text x='4' y='14' fill='#495057'>yield 1.0</text>",
+    parts += ["<text x='4' y='14' fill='#495057'>yield 1.0</text>",
               f"<text x='4' y='{height - 6}' fill='#495057'>0.0</text>",
               f"<text x='{width - 4}' y='{height - 6}' fill='#495057' text-anchor='end'>"
               f"part position (rolling window of {window})</text>"]

@@ -23,6 +23,7 @@ from ctloop import registry
 from ctloop.images import ImageSet
 from ctloop.modelfile import load_model, save_model
 from ctloop_app.stack import REGISTERED_MODEL, LocalStack
+from ctloop_app.warm_tasks import running_tasks
 from serving import store
 from serving.client import TorchServeClient, TorchServeError
 
@@ -135,15 +136,9 @@ def champion_versions(stack: LocalStack, client: TorchServeClient) -> list[str]:
 
 
 def stage_process(function: str) -> psutil.Process | None:
-    """The running kfp.local subprocess of this test process that executes `function`."""
-    for child in psutil.Process().children(recursive=True):
-        try:
-            command = child.cmdline()
-        except psutil.Error:
-            continue
-        if command and "python" in Path(command[0]).name and function in " ".join(command):
-            return child
-    return None
+    """The running task of this test process's pipeline run that executes `function`."""
+    pids = [pid for pid, name in running_tasks().items() if name == function]
+    return psutil.Process(pids[0]) if pids else None
 
 
 class _SwappedClasses(nn.Module):

@@ -90,7 +90,7 @@ def test_cycle_deploys_and_its_time_adds_up(tiny) -> None:
     for name, stage in cycle["stages"].items():
         assert 0 <= stage["overhead"] <= stage["wall"] + 1e-3, name
         assert stage["work"] >= -1e-3, name
-    assert cycle["stages"]["train-op"]["imports"] > 0
+    assert cycle["stages"]["train-op"]["startup"] > 0 and cycle["warm_up_seconds"] > 0
 
 
 @pytest.mark.parametrize("line", ["digits", "parts"])
@@ -121,7 +121,8 @@ def test_the_loop_over_time_records_every_cycle(tiny) -> None:
     assert all(cycle["succeeded"] for cycle in cycles) and longrun["goals"]["all_succeeded"]
     first = cycles[0]
     assert first["retrained"] and first["train_size"] > 0 and first["champion"] == "1 -> 2"  # the tiny cycle deploys
-    assert {"monitor", "train", "deploy"} <= set(first["peak_mb"]) and first["peak_mb"]["train"] > 50
+    # Sampled every 0.05 s: the forked monitor takes about 0.04 s and can be missed entirely.
+    assert {"train", "deploy"} <= set(first["peak_mb"]) and first["peak_mb"]["train"] > 50
     assert all(0.0 <= cycle[key] <= 1.0 for cycle in cycles for key in ("accuracy_before", "accuracy_after"))
     assert longrun["goals"]["max_seconds_over_first"] > 0
 

@@ -1,0 +1,140 @@
+"""Tasks forked from the warm forkserver (ctloop_app.warm_tasks), run through kfp.local as the
+pipeline's tasks are: each is a process of its own, with the environment, working directory and
+module state a fresh process would have, and kfp.local sees its output, exit status and outputs as
+it would a subprocess's. Nothing is simulated."""
+
+import inspect
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import psutil
+import pytest
+from kfp import dsl
+
+from ctloop_app import warm_tasks
+from ctloop_app.local_run import LocalRun, run_locally
+
+
+def probe(mark: str) -> str:
+    """What a task sees as it starts; then it leaves `mark` in a module for a later task to find."""
+    import json
+    import os
+    import sys
+
+    preloaded = sorted({"torch", "mlflow", "components.train.logic"} & set(sys.modules))
+    import ctloop.config
+
+    seen = {"pid": os.getpid(), "parent": os.getppid(), "env": os.environ.get("CTLOOP_PROBE"),
+            "cwd": os.getcwd(), "preloaded": preloaded, "module": __file__,
+            "left_by_an_earlier_task": getattr(ctloop.config, "probe_mark", None),
+            "name": open("/proc/self/comm").read().strip()}
+    ctloop.config.probe_mark = mark
+    print(f"probe {mark} printed this")
+    return json.dumps(seen)
+
+
+def crash(how: str) -> str:
+    """Fails the way a stage can: an exception, or killed with SIGKILL."""
+    import os
+    import signal
+
+    if how == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError("the probe failed on purpose")
+
+
+def sleeper(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "woke up"
+
+
+def _run(function: Callable, marks: list[str], root: Path) -> LocalRun:
+    """`function` once per mark, one task after the other."""
+    op = dsl.component(function, base_image="python:3.11", install_kfp_package=False)
+
+    @dsl.pipeline(name="warm-tasks")
+    def pipeline():
+        previous = None
+        for mark in marks:
+            task = op(**{"mark" if function is probe else "how": mark})
+            if previous is not None:
+                task.after(previous)
+            previous = task
+
+    return run_locally(pipeline, {}, root)
+
+
+def _seen(run: LocalRun, task: str) -> dict:
+    return json.loads(run.task(task).parameters["Output"])
+
+
+def test_each_task_is_a_fresh_fork_with_the_environment_of_its_run(tmp_path, monkeypatch, capfd) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CTLOOP_PROBE", "first run")
+    first_run = _run(probe, ["first", "second"], tmp_path / "root")
+    monkeypatch.setenv("CTLOOP_PROBE", "second run")
+    second_run = _run(probe, ["third"], tmp_path / "root")
+    assert first_run.succeeded and second_run.succeeded, (first_run.error, second_run.error)
+
+    first, second, third = _seen(first_run, "probe"), _seen(first_run, "probe-2"), _seen(second_run, "probe")
+    assert len({first["pid"], second["pid"], third["pid"], os.getpid()}) == 4
+    forkserver = psutil.Process(first["parent"])
+    assert second["parent"] == third["parent"] == forkserver.pid and forkserver.ppid() == os.getpid()
+    assert [seen["env"] for seen in (first, second, third)] == ["first run", "first run", "second run"]
+    for seen in (first, second, third):
+        assert seen["preloaded"] == ["components.train.logic", "mlflow", "torch"]
+        assert seen["left_by_an_earlier_task"] is None  # the first task's change died with it
+        assert seen["cwd"] == str(tmp_path) and seen["name"] == "probe"
+        assert not Path(seen["module"]).exists()  # kfp's temporary module of the task, removed
+    printed = capfd.readouterr().out
+    assert "probe first printed this" in printed and "probe third printed this" in printed
+
+
+@pytest.mark.parametrize("how", ["raised", "killed"])
+def test_a_task_that_fails_fails_its_run(tmp_path, capfd, how: str) -> None:
+    run = _run(crash, [how], tmp_path / "root")
+    assert not run.succeeded and run.task("crash").status == "FAILURE"
+    assert "Inner task failed: 'crash'" in run.error
+    if how == "raised":
+        assert "RuntimeError: the probe failed on purpose" in capfd.readouterr().out
+
+
+def test_an_abandoned_run_stops_the_task_it_waits_for(tmp_path) -> None:
+    """Ctrl-C or SIGTERM in the process running the pipeline (an exception where it waits for the
+    task's output) stops the forked task too, as it would a subprocess of its own."""
+    executor_input = {"inputs": {"parameterValues": {"seconds": 60}},
+                      "outputs": {"parameters": {"Output": {"outputFile": str(tmp_path / "Output")}},
+                                  "outputFile": str(tmp_path / "executor_output.json")}}
+    task = warm_tasks.Task(inspect.getsource(sleeper), ("--executor_input", json.dumps(executor_input),
+                                                       "--function_to_execute", "sleeper"))
+    started: list[int] = []
+
+    def interrupt_once_running() -> None:
+        deadline = time.monotonic() + 60
+        while not (running := warm_tasks.running_tasks()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started.extend(running)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def abandon(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGUSR1, abandon)
+    watcher = threading.Thread(target=interrupt_once_running)
+    warm_tasks.install()
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            warm_tasks.run_forked(task, dict(os.environ))
+    finally:
+        watcher.join()
+        signal.signal(signal.SIGUSR1, previous)
+    assert len(started) == 1 and not psutil.pid_exists(started[0])
+    assert warm_tasks.running_tasks() == {} and not (tmp_path / "executor_output.json").exists()
