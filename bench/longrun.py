@@ -24,7 +24,6 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-
 from bench.cycle import quiet
 from bench.settings import BenchSettings
 from ctloop.images import ImageSet

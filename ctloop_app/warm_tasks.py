@@ -63,25 +63,35 @@ def command_task(full_command: list[str]) -> Task | None:
     return Task(full_command[3], tuple(full_command[4:]))
 
 
+def deferred_imports(stage: str) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements inside functions of the stage's modules, component.py first: the
+    component functions' bodies (what kfp runs in a task) and the imports a logic function
+    defers; importing the modules runs neither."""
+    folder = Path(importlib.util.find_spec(f"components.{stage}").submodule_search_locations[0])
+    statements = []
+    for path in [folder / "component.py", *sorted(set(folder.glob("*.py")) - {folder / "component.py"})]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                statements += [inner for inner in ast.walk(node) if isinstance(inner, (ast.Import, ast.ImportFrom))]
+    return statements
+
+
 def stage_modules() -> list[str]:
-    """What the forkserver imports: kfp's executor and every module a stage's task imports, read
-    from the import statements inside the functions of its component and logic modules (component
-    functions import in their body; logic modules defer e.g. ctloop.registry, and with it mlflow)."""
+    """What the forkserver imports: kfp's executor and every module a stage's task imports (its
+    `deferred_imports`: component functions import in their body; logic modules defer e.g.
+    ctloop.registry, and with it mlflow)."""
     modules = ["kfp.dsl.executor_main", __name__]
     for stage in STAGES:
-        for name in (f"components.{stage}.component", f"components.{stage}.logic"):
-            tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text())
-            modules += [module for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
-                        for node in ast.walk(function) for module in _imported(node)]
+        modules += [module for node in deferred_imports(stage) for module in _imported(node)]
     return list(dict.fromkeys(modules))
 
 
-def _imported(node: ast.AST) -> list[str]:
+def _imported(node: ast.Import | ast.ImportFrom) -> list[str]:
     """The modules an import statement loads; for `from package import name`, `package.name` too
     where that is a module (`from ctloop import registry`)."""
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
-    if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+    if node.level or not node.module:
         return []
     if importlib.util.find_spec(node.module).submodule_search_locations is None:
         return [node.module]

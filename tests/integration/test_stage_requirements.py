@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from ctloop_app.warm_tasks import deferred_imports
 from kubeflow_pipeline.images import STAGES
 from wheel_support import build_wheel, cached_venv, run
 
@@ -61,19 +62,9 @@ print(json.dumps({"failures": failures, "foreign": foreign}))
 
 
 def deferred_import_statements(stage: str) -> list[str]:
-    """The import statements inside functions of the stage's modules, component.py first: the
-    component functions' bodies (kfp runs a body in a fresh process, so these are what the
-    stage image must provide) and the imports a logic function defers; importing the modules
-    runs neither."""
-    folder = ROOT / "components" / stage
-    statements: list[str] = []
-    for path in [folder / "component.py", *sorted(set(folder.glob("*.py")) - {folder / "component.py"})]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                for inner in ast.walk(node):
-                    if isinstance(inner, (ast.Import, ast.ImportFrom)) and ast.unparse(inner) not in statements:
-                        statements.append(ast.unparse(inner))
-    return statements
+    """The stage's deferred imports (ctloop_app.warm_tasks.deferred_imports, which the forkserver
+    preloads), as statements: what the stage image must provide."""
+    return list(dict.fromkeys(ast.unparse(node) for node in deferred_imports(stage)))
 
 
 @contextmanager
