@@ -128,9 +128,10 @@ def run_forked(task: Task, environment: dict[str, str]) -> int:
     """Run `task` in a fork of the forkserver, printing its output line by line as kfp.local does;
     its exit status (negative: killed by that signal)."""
     ours, theirs = socket.socketpair()
-    process = _FORKSERVER.Process(target=_execute, args=(task, environment, os.getcwd(), theirs),
+    program_path = tempfile.TemporaryDirectory(prefix="ctloop-task-")  # ours: a killed task leaves none
+    process = _FORKSERVER.Process(target=_execute, args=(task, environment, os.getcwd(), program_path.name, theirs),
                                   name=task.function)
-    with ours:
+    with ours, program_path:
         process.start()
         theirs.close()
         _RUNNING[process.pid] = task.function
@@ -148,8 +149,9 @@ def run_forked(task: Task, environment: dict[str, str]) -> int:
     return process.exitcode
 
 
-def _execute(task: Task, environment: dict[str, str], cwd: str, output: socket.socket) -> None:
-    """In the forked child: become the task's process, then run kfp's executor on its module."""
+def _execute(task: Task, environment: dict[str, str], cwd: str, program_path: str, output: socket.socket) -> None:
+    """In the forked child: become the task's process, then run kfp's executor on its module
+    (written to `program_path`, which the parent removes however the task ends)."""
     for stream in (1, 2):
         os.dup2(output.fileno(), stream)
     output.close()
@@ -162,8 +164,7 @@ def _execute(task: Task, environment: dict[str, str], cwd: str, output: socket.s
         Path("/proc/self/comm").write_text(task.function[:15])
     from kfp.dsl import executor_main
 
-    with tempfile.TemporaryDirectory(prefix="ctloop-task-") as program_path:
-        module = Path(program_path) / "ephemeral_component.py"
-        module.write_text(task.source)
-        sys.argv = [executor_main.__file__, "--component_module_path", str(module), *task.arguments]
-        executor_main.executor_main()
+    module = Path(program_path) / "ephemeral_component.py"
+    module.write_text(task.source)
+    sys.argv = [executor_main.__file__, "--component_module_path", str(module), *task.arguments]
+    executor_main.executor_main()

@@ -6,6 +6,7 @@ it would a subprocess's. Nothing is simulated."""
 import inspect
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -43,14 +44,17 @@ def crash(how: str) -> str:
     import os
     import signal
 
+    print(f"module at {__file__}", flush=True)
     if how == "killed":
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError("the probe failed on purpose")
 
 
-def sleeper(seconds: float) -> str:
+def sleeper(seconds: float, started: str) -> str:
     import time
+    from pathlib import Path
 
+    Path(started).write_text(__file__)
     time.sleep(seconds)
     return "woke up"
 
@@ -102,25 +106,32 @@ def test_a_task_that_fails_fails_its_run(tmp_path, capfd, how: str) -> None:
     run = _run(crash, [how], tmp_path / "root")
     assert not run.succeeded and run.task("crash").status == "FAILURE"
     assert "Inner task failed: 'crash'" in run.error
+    printed = capfd.readouterr().out
+    assert not _module_folder(printed).exists()  # a killed task leaves no temporary module either
     if how == "raised":
-        assert "RuntimeError: the probe failed on purpose" in capfd.readouterr().out
+        assert "RuntimeError: the probe failed on purpose" in printed
+
+
+def _module_folder(printed: str) -> Path:
+    return Path(re.search(r"module at (\S+)", printed).group(1)).parent
 
 
 def test_an_abandoned_run_stops_the_task_it_waits_for(tmp_path) -> None:
     """Ctrl-C or SIGTERM in the process running the pipeline (an exception where it waits for the
     task's output) stops the forked task too, as it would a subprocess of its own."""
-    executor_input = {"inputs": {"parameterValues": {"seconds": 60}},
+    started = tmp_path / "started"
+    executor_input = {"inputs": {"parameterValues": {"seconds": 60, "started": str(started)}},
                       "outputs": {"parameters": {"Output": {"outputFile": str(tmp_path / "Output")}},
                                   "outputFile": str(tmp_path / "executor_output.json")}}
     task = warm_tasks.Task(inspect.getsource(sleeper), ("--executor_input", json.dumps(executor_input),
                                                        "--function_to_execute", "sleeper"))
-    started: list[int] = []
+    running: list[int] = []
 
     def interrupt_once_running() -> None:
         deadline = time.monotonic() + 60
-        while not (running := warm_tasks.running_tasks()) and time.monotonic() < deadline:
+        while not (started.exists() and started.read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        started.extend(running)
+        running.extend(warm_tasks.running_tasks())
         os.kill(os.getpid(), signal.SIGUSR1)
 
     def abandon(*_: object) -> None:
@@ -136,5 +147,6 @@ def test_an_abandoned_run_stops_the_task_it_waits_for(tmp_path) -> None:
     finally:
         watcher.join()
         signal.signal(signal.SIGUSR1, previous)
-    assert len(started) == 1 and not psutil.pid_exists(started[0])
+    assert len(running) == 1 and not psutil.pid_exists(running[0])
     assert warm_tasks.running_tasks() == {} and not (tmp_path / "executor_output.json").exists()
+    assert not Path(started.read_text()).parent.exists()  # the task's temporary module, removed
