@@ -91,10 +91,13 @@ class ClusterMlflow:
             self._server.stop(20)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ClusterMlflow]:
-    (tmp_path / "home").mkdir()
-    mlflow = ClusterMlflow(tmp_path)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterMlflow]:
+    """One pod for the module (a start migrates two new databases with two workers: about 20
+    CPU-seconds); the last test restarts it with another Secret."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    (folder / "home").mkdir()
+    mlflow = ClusterMlflow(folder)
     mlflow.start()
     try:
         yield mlflow
