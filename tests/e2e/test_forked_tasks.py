@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -50,6 +51,25 @@ def crash(how: str) -> str:
     raise RuntimeError("the probe failed on purpose")
 
 
+def first_use(database: str) -> str:
+    """What stages do first in a local run: open the SQLite registry, take a training step; the
+    modules that imported beyond what the task started with."""
+    import json
+    import sys
+
+    before = set(sys.modules)
+    import torch
+
+    from ctloop import registry
+
+    registry.client(f"sqlite:///{database}").search_registered_models()
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.zeros(1, 2)).sum().backward()
+    optimizer.step()
+    return json.dumps(sorted(set(sys.modules) - before))
+
+
 def sleeper(seconds: float, started: str) -> str:
     import time
     from pathlib import Path
@@ -67,7 +87,7 @@ def _run(function: Callable, marks: list[str], root: Path) -> LocalRun:
     def pipeline():
         previous = None
         for mark in marks:
-            task = op(**{"mark" if function is probe else "how": mark})
+            task = op(**{{probe: "mark", crash: "how", first_use: "database"}[function]: mark})
             if previous is not None:
                 task.after(previous)
             previous = task
@@ -99,6 +119,20 @@ def test_each_task_is_a_fresh_fork_with_the_environment_of_its_run(tmp_path, mon
         assert not Path(seen["module"]).exists()  # kfp's temporary module of the task, removed
     printed = capfd.readouterr().out
     assert "probe first printed this" in printed and "probe third printed this" in printed
+
+
+def test_what_stages_import_on_first_use_is_preloaded(tmp_path, mlflow_schema) -> None:
+    """torch's optimizers import torch._dynamo at their first step, MLflow its SQLAlchemy stores
+    when a client opens a sqlite:// registry (warm_tasks.FIRST_USE_IMPORTS): 1.2 s and 0.7 s a
+    task if the forkserver left them to each task."""
+    database = tmp_path / "mlflow.db"
+    shutil.copyfile(mlflow_schema, database)
+    run = _run(first_use, [str(database)], tmp_path / "root")
+    assert run.succeeded, run.error
+    imported = json.loads(run.task("first-use").parameters["Output"])
+    # Left to the task: about 16 small modules (SQLAlchemy's SQLite dialect, MLflow's workspace
+    # stores), 0.08 s; with nothing preloaded it imported over 280.
+    assert len(imported) < 30, " ".join(imported)
 
 
 @pytest.mark.parametrize("how", ["raised", "killed"])
