@@ -32,13 +32,6 @@ from kfp.local import subprocess_task_handler
 
 from kubeflow_pipeline.images import STAGES
 
-# What the stages' libraries import on first use rather than at import, found by listing the
-# modules each task of a local cycle imported itself: torch's optimizers import torch._dynamo
-# (and sympy with it) at their first step, 1.2 s in the train task; MLflow imports its SQLAlchemy
-# stores (and alembic) when a client first opens a sqlite:// registry, as a local run's stages do,
-# 0.7 s in each of six tasks of a cycle.
-FIRST_USE_IMPORTS = ("torch._dynamo", "mlflow.store.tracking.sqlalchemy_store",
-                     "mlflow.store.model_registry.sqlalchemy_store")
 _EXECUTOR = "-m kfp.dsl.executor_main"
 _MODULE_FILE = '"$program_path/ephemeral_component.py"'
 _FORKSERVER = multiprocessing.get_context("forkserver")
@@ -86,11 +79,12 @@ def deferred_imports(stage: str) -> list[ast.Import | ast.ImportFrom]:
 def stage_modules() -> list[str]:
     """What the forkserver imports: kfp's executor, every module a stage's task imports (its
     `deferred_imports`: component functions import in their body; logic modules defer e.g.
-    ctloop.registry, and with it mlflow), and what those import on first use."""
+    ctloop.registry, and with it mlflow), and what those import on first use
+    (ctloop_app.first_use)."""
     modules = ["kfp.dsl.executor_main", __name__]
     for stage in STAGES:
         modules += [module for node in deferred_imports(stage) for module in _imported(node)]
-    return list(dict.fromkeys([*modules, *FIRST_USE_IMPORTS]))
+    return list(dict.fromkeys([*modules, "ctloop_app.first_use"]))
 
 
 def _imported(node: ast.Import | ast.ImportFrom) -> list[str]:

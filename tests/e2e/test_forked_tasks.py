@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -122,9 +124,9 @@ def test_each_task_is_a_fresh_fork_with_the_environment_of_its_run(tmp_path, mon
 
 
 def test_what_stages_import_on_first_use_is_preloaded(tmp_path, mlflow_schema) -> None:
-    """torch's optimizers import torch._dynamo at their first step, MLflow its SQLAlchemy stores
-    when a client opens a sqlite:// registry (warm_tasks.FIRST_USE_IMPORTS): 1.2 s and 0.7 s a
-    task if the forkserver left them to each task."""
+    """torch's optimizers import torch._dynamo at their first step, ctloop.registry MLflow's SQL
+    stores when it opens its first client (ctloop_app.first_use): 1.2 s and 0.7 s a task if the
+    forkserver left them to each task."""
     database = tmp_path / "mlflow.db"
     shutil.copyfile(mlflow_schema, database)
     run = _run(first_use, [str(database)], tmp_path / "root")
@@ -133,6 +135,15 @@ def test_what_stages_import_on_first_use_is_preloaded(tmp_path, mlflow_schema) -
     # Left to the task: about 16 small modules (SQLAlchemy's SQLite dialect, MLflow's workspace
     # stores), 0.08 s; with nothing preloaded it imported over 280.
     assert len(imported) < 30, " ".join(imported)
+
+
+def test_the_preload_imports_with_warnings_as_errors() -> None:
+    """The forkserver imports its preload with the interpreter flags of the process running the
+    pipeline: under `-W error`, a warning while importing (SQLAlchemy's about MLflow's SQL stores,
+    unless ctloop.registry silences it) would stop the forkserver, and every task with it."""
+    done = subprocess.run([sys.executable, "-W", "error", "-c", "import " + ", ".join(warm_tasks.stage_modules())],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("how", ["raised", "killed"])

@@ -41,5 +41,5 @@ def test_a_component_that_installs_packages_runs_as_kfp_local_runs_it() -> None:
 def test_the_forkserver_preloads_every_stage_and_what_its_logic_defers() -> None:
     modules = stage_modules()
     assert {"kfp.dsl.executor_main", "ctloop.alerts", "ctloop.registry", "components.deploy.reconcile",
-            *(f"components.{stage}.logic" for stage in STAGES)} <= set(modules)
+            "ctloop_app.first_use", *(f"components.{stage}.logic" for stage in STAGES)} <= set(modules)
     assert all(importlib.util.find_spec(module) for module in modules)
