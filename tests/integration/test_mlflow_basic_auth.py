@@ -93,7 +93,7 @@ class ClusterMlflow:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterMlflow]:
-    """One pod for the module (a start migrates two new databases with two workers: about 20
+    """One pod for the module (a start migrates two new databases with two workers: about 15
     CPU-seconds); the last test restarts it with another Secret."""
     folder = tmp_path_factory.mktemp("mlflow")
     (folder / "home").mkdir()
