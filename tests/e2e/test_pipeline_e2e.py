@@ -16,7 +16,7 @@ from ctloop import registry, wire
 from ctloop.config import PipelineConfig
 from ctloop.images import ImageSet
 from ctloop_app.stack import REGISTERED_MODEL
-from pipeline_support import cycle, outbox, outbox_messages, versions
+from pipeline_support import DEPLOYING_GOLDEN_REGRESSION, cycle, outbox, outbox_messages, versions
 from pipeline_support import play as _play
 from reliability_support import check_invariants
 from serving.store import read_store
@@ -24,7 +24,8 @@ from serving.store import read_store
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 WINDOW = 150
-SMALL = PipelineConfig(recent_window=WINDOW, min_samples=50, train_epochs=30)
+SMALL = PipelineConfig(recent_window=WINDOW, min_samples=50, train_epochs=30,
+                       max_golden_regression=DEPLOYING_GOLDEN_REGRESSION)
 
 
 def play(stack, boot, drift: bool) -> None:

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from ctloop import registry
 from ctloop.config import PipelineConfig
 from ctloop_app.stack import REGISTERED_MODEL
-from pipeline_support import cycle, outbox, play, versions
+from pipeline_support import DEPLOYING_GOLDEN_REGRESSION, cycle, outbox, play, versions
 from reliability_support import (
     Watcher,
     champion_versions,
@@ -28,7 +28,8 @@ from ctloop.process import free_port
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 WINDOW = 150
-SMALL = PipelineConfig(recent_window=WINDOW, min_samples=50, train_epochs=30)
+SMALL = PipelineConfig(recent_window=WINDOW, min_samples=50, train_epochs=30,
+                       max_golden_regression=DEPLOYING_GOLDEN_REGRESSION)
 
 
 def failure_alerts(stack, stage: str) -> list[str]:
