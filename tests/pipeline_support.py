@@ -23,8 +23,9 @@ BRANCHES = ("b1", "b2")
 # The golden-regression bar of the tests whose cycle must deploy: what the 359-part golden set
 # resolves, not the shipped 0.02. Client threads send each window, so its records' order, and with
 # it the holdout split and the training rows, differ from run to run, and a challenger's golden
-# accuracy by a few parts around the champion's 0.978: two CI runs in a row refused one (the demo
-# test's 0.955 in the CI of 5c34466, the pipeline e2e deploy test's 0.947 in that of 467f663).
+# accuracy by a few parts around the champion's 0.978: CI runs refused one (the service test's
+# 0.953 in the CI of 00d7e6c; the demo test's 0.955 in that of 5c34466; the pipeline e2e deploy
+# test's 0.947 in that of 467f663).
 DEPLOYING_GOLDEN_REGRESSION = 0.05
 
 
