@@ -41,9 +41,12 @@ def new_registry(mlflow_dir: Path, schema: Path) -> str:
 def stack_on(torchserve: SharedTorchServe, work_dir: Path, boot: BootstrapResult, schema: Path) -> LocalStack:
     """What `local_stack` + `install_models` give a test, on the session's TorchServe: a new MLflow
     database with the champion as version 1 (alias `champion`), and champion v1, B1 and B2 served,
-    the champion logging to `<work_dir>/store`. B1 and B2 log nothing and no test changes them, so
-    they stay registered from one stack to the next unless another tenant had TorchServe between."""
-    kept = torchserve.lend("stacks", work_dir / "store", keep=BRANCHES)
+    the champion logging to `<work_dir>/store`. What the last stack left as this one starts (version
+    1, one worker ready) stays registered, unless another tenant had TorchServe between: a worker
+    start imports torch (about 1.5 CPU-seconds), and about 50 stacks start in `make test`. The
+    champion's worker then logs into this stack's store, as the prediction log follows its store's
+    path (serving/handlers/prediction_log.py)."""
+    kept = torchserve.lend("stacks", work_dir / "store", keep=("champion", *BRANCHES))
     stack = LocalStack(work_dir, torchserve.server, new_registry(work_dir / "mlflow", schema), torchserve.client)
     version = registry.register_model_file(REGISTERED_MODEL, boot.model_files["champion"], boot.train_set,
                                            tracking_uri=stack.tracking_uri)

@@ -11,6 +11,9 @@ again (the monitor reports it).
 
 Segments rotate by size and age; at each rotation the writer applies the retention (by age,
 then by total size, oldest first, never a segment written to within `segment_seconds`).
+A segment whose files are no longer where the store says (deleted by hand, or the store's path
+pointed at another directory: a volume mounted again, a symbolic link changed) is closed and the
+next records start a new segment there, rather than going on into a file no reader finds.
 
 fsync policy: none per record (a record costs one write per file); a segment's files are
 fsynced when it is closed. A crashed worker loses nothing it wrote; a crashed machine loses at
@@ -82,7 +85,8 @@ class PredictionLog:
     def _segment(self, now: float) -> "_Segment":
         segment = self.segment
         if segment is not None and (segment.broken or segment.sample_size >= self.limits.segment_bytes
-                                    or now - segment.started >= self.limits.segment_seconds):
+                                    or now - segment.started >= self.limits.segment_seconds
+                                    or not segment.in_place(self.store_dir)):
             self.segment = None
             segment.close()
         if self.segment is None:
@@ -113,6 +117,16 @@ class _Segment:
         self.started, self.count = started, 0
         self.sample_size = self.log_size = 0
         self.broken = False
+
+    def in_place(self, store_dir: Path) -> bool:
+        """Whether the store's path to the sample file still leads to the file this segment has
+        open (one stat per request)."""
+        try:
+            found = os.stat(store_dir / self.samples_ref)
+        except OSError:
+            return False
+        opened = os.fstat(self.sample_fd)
+        return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
 
     def write(self, samples: bytes, lines: bytes, count: int) -> None:
         """Samples first, then the lines that reference them; on failure both files go back to

@@ -50,7 +50,10 @@ def test_stage_dockerfile_is_pinned_and_installs_nothing_at_run_time() -> None:
     assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
     assert "COPY components/${STAGE}/requirements.txt" in text
     assert "pip install --no-cache-dir --find-links /wheelhouse -r /tmp/requirements.txt" in text
-    assert "pip install --no-cache-dir --no-deps ." in text, "ctloop itself is installed without pulling deps"
+    package = re.split(r"^FROM ", text, flags=re.MULTILINE)[2]
+    assert package.split()[1:3] == ["AS", "package"] and "ARG STAGE" not in package, "one wheel for every stage"
+    assert "pip wheel --no-cache-dir --no-deps --wheel-dir /dist ." in package
+    assert "pip install --no-cache-dir --no-deps /tmp/dist/*.whl" in text, "ctloop itself is installed without pulling deps"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -59,9 +62,9 @@ def test_the_wheelhouse_feeds_pip_and_stays_out_of_the_image(dockerfile) -> None
     only the requirements stage sees it, the image gets the installed venv."""
     text = (ROOT / dockerfile).read_text()
     stages = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
-    assert len(stages) == 2 and stages[0].split()[1:3] == ["AS", "requirements"], "a requirements stage, then the image"
-    assert "COPY wheelhouse/ /wheelhouse/" in stages[0] and "wheelhouse" not in stages[1]
-    assert "COPY --from=requirements /opt/venv /opt/venv" in stages[1] and "PATH=/opt/venv/bin:$PATH" in stages[1]
+    assert stages[0].split()[1:3] == ["AS", "requirements"], "a requirements stage first, the image last"
+    assert "COPY wheelhouse/ /wheelhouse/" in stages[0] and not any("wheelhouse" in stage for stage in stages[1:])
+    assert "COPY --from=requirements /opt/venv /opt/venv" in stages[-1] and "PATH=/opt/venv/bin:$PATH" in stages[-1]
     assert (ROOT / "wheelhouse" / "README.md").is_file(), "the directory the Dockerfiles copy exists in a checkout"
     assert "/wheelhouse/*.whl" in (ROOT / ".gitignore").read_text().split()
 

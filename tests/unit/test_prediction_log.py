@@ -56,6 +56,30 @@ def test_segments_rotate_by_age(tmp_path: Path) -> None:
     assert len(segments) == 3 and {segment.model_version for segment in segments} == {"3"}
 
 
+def test_a_segment_no_longer_in_the_store_is_left_for_a_new_one_there(tmp_path: Path) -> None:
+    """Records after the store's path changes go where the store is now: into the directory a
+    re-pointed link leads to, and after the segment's files are deleted, into a new segment."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    second.mkdir()
+    link = tmp_path / "store"
+    first.mkdir()
+    link.symlink_to(first)
+    log = writer(link)
+    images = np.random.default_rng(1).random((3, *SIZE), dtype=np.float32)
+    send(log, images[:1], "part-0")
+    link.unlink()
+    link.symlink_to(second)
+    send(log, images[1:2], "part-1")
+    assert [record["request_id"] for record in stored(first)[0].records] == ["part-0"]
+    found, samples = stored(second)
+    assert [record["request_id"] for record in found.records] == ["part-1"] and np.array_equal(samples, images[1:2])
+    for path in (second / wire.SEGMENTS_DIR).iterdir():
+        path.unlink()
+    send(log, images[2:], "part-2")
+    found, samples = stored(second)
+    assert [record["request_id"] for record in found.records] == ["part-2"] and np.array_equal(samples, images[2:])
+
+
 def test_a_failed_write_is_truncated_back_counted_and_reported_once_there_is_room(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
