@@ -46,6 +46,12 @@ class Cluster:
     model_store: Path
     tracking_uri: str
 
+    def champion(self) -> str:
+        """The version the registry's alias names and every pod serves: where a test starts."""
+        version = aliases(self.tracking_uri)["champion"]
+        assert version is not None and self.served() == [(version, version)] * len(self.fake.pods)
+        return version
+
     def served(self) -> list[tuple[str, str]]:
         """(default champion version, version answering) of every pod, asked directly."""
         answers = []
@@ -60,10 +66,13 @@ class Cluster:
         return answers
 
 
-@pytest.fixture
-def cluster(engine, built, boot, mlflow_schema: Path, tmp_path: Path) -> Iterator[Cluster]:
+@pytest.fixture(scope="module")
+def cluster(engine, built, boot, mlflow_schema: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Champion v1 in MLflow; champion v1, B1 and B2 in the model store and its desired state; two
-    pods serving them behind the fake API server."""
+    pods serving them behind the fake API server. One cluster for the module: a pod serves three
+    models and starts in about 7 CPU-seconds, so each test starts from whatever champion the tests
+    before it left serving (Cluster.champion) rather than from two new pods."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     model_store, store = shared_dir(tmp_path / "model-store"), shared_dir(tmp_path / "store")
     tracking_uri = new_registry(tmp_path / "mlflow", mlflow_schema)
     version = registry.register_model_file(REGISTERED_MODEL, boot.model_files["champion"], boot.train_set,
@@ -87,23 +96,26 @@ def cluster(engine, built, boot, mlflow_schema: Path, tmp_path: Path) -> Iterato
 
 
 def test_a_deploy_rolls_every_replica_and_asks_each_pod(cluster: Cluster, boot, tmp_path: Path) -> None:
-    model, version, canary = new_challenger(tmp_path / "v2", cluster.tracking_uri, 51, boot.golden_set,
+    old, rollouts = cluster.champion(), cluster.fake.rollouts
+    model, version, canary = new_challenger(tmp_path / "next", cluster.tracking_uri, 51, boot.golden_set,
                                             train_set=boot.train_set)
 
     outcome = deploy_on_cluster(model, version, canary, cluster.model_store, cluster.fleet, KEYS,
-                                REGISTERED_MODEL, cluster.tracking_uri, replaces="1")
+                                REGISTERED_MODEL, cluster.tracking_uri, replaces=old)
 
-    assert (outcome.status, outcome.old_version, outcome.repairs) == ("deployed", "1", [])
+    assert (outcome.status, outcome.old_version, outcome.repairs) == ("deployed", old, [])
     assert [step["name"] for step in outcome.steps] == ["roll_out", "smoke_test_pods"]
-    assert cluster.fake.rollouts == 1 and len(cluster.fake.pods) == 2
+    assert cluster.fake.rollouts == rollouts + 1 and len(cluster.fake.pods) == 2
     assert cluster.served() == [(version, version)] * 2
-    assert aliases(cluster.tracking_uri) == {"champion": version, "previous-champion": "1"}
+    assert aliases(cluster.tracking_uri) == {"champion": version, "previous-champion": old}
     configured = cluster.fake.configured_state()
     assert (configured.model("champion").default, sorted(configured.models)) == (version, ["b1", "b2", "champion"])
 
 
 def test_a_pod_answering_wrong_rolls_every_replica_back(cluster: Cluster, boot, tmp_path: Path) -> None:
-    model, version, canary = new_challenger(tmp_path / "v2", cluster.tracking_uri, 52, boot.golden_set,
+    old, rollouts = cluster.champion(), cluster.fake.rollouts
+    configured = list(cluster.fake.configured_state().model("champion").versions)
+    model, version, canary = new_challenger(tmp_path / "next", cluster.tracking_uri, 52, boot.golden_set,
                                             train_set=boot.train_set)
     right = Canary.load(canary)
     wrong = tmp_path / "wrong.npz"
@@ -111,10 +123,10 @@ def test_a_pod_answering_wrong_rolls_every_replica_back(cluster: Cluster, boot, 
 
     with pytest.raises(DeployFailedError, match=f"champion version {version} rolled back on every replica: pod "):
         deploy_on_cluster(model, version, wrong, cluster.model_store, cluster.fleet, KEYS, REGISTERED_MODEL,
-                          cluster.tracking_uri, replaces="1")
+                          cluster.tracking_uri, replaces=old)
 
-    assert cluster.fake.rollouts == 2  # out, then back
-    assert cluster.served() == [("1", "1")] * 2
-    assert list(cluster.fake.configured_state().model("champion").versions) == ["1"]
+    assert cluster.fake.rollouts == rollouts + 2  # out, then back
+    assert cluster.served() == [(old, old)] * 2
+    assert list(cluster.fake.configured_state().model("champion").versions) == configured
     assert not (cluster.model_store / f"champion-v{version}.mar").exists()
-    assert aliases(cluster.tracking_uri)["champion"] == "1"
+    assert aliases(cluster.tracking_uri)["champion"] == old
