@@ -58,14 +58,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
       builds and runs the images while the others run the tiers.
     - A module with a module-scoped fixture (a TorchServe lent to the module, a bench run) is a
       group, so that fixture is set up once; any other test goes to whichever worker is free.
-    - Slow tests start first, so that no long test begins when the rest is nearly done.
+    - Slow tests start first, so that no long test begins when the rest is nearly done. Of those,
+      one that needs the session's bootstrap (`boot`: three models trained, about 20 CPU-seconds)
+      comes first, then the slow tests that do not need it: one worker trains the models while the
+      others run those, instead of waiting for the models on the bootstrap's lock.
     """
     for item in items:
         if _ships(item):
             item.add_marker(pytest.mark.xdist_group("shipping"))
         elif _uses_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: (not _ships(item), item.get_closest_marker("slow") is None))
+    items.sort(key=lambda item: (not _ships(item), item.get_closest_marker("slow") is None,
+                                 _needs_boot(item) and not _ships(item)))
+    trains = next((item for item in items if not _ships(item) and _needs_boot(item)), None)
+    if trains is not None and trains.get_closest_marker("slow"):
+        items.remove(trains)
+        items.insert(next(index for index, item in enumerate(items) if not _ships(item)), trains)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -89,6 +97,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def _ships(item: pytest.Item) -> bool:
     return any(item.get_closest_marker(name) for name in SHIPPING_MARKS)
+
+
+def _needs_boot(item: pytest.Item) -> bool:
+    return "boot" in getattr(item, "fixturenames", ())
 
 
 def _uses_a_module_fixture(item: pytest.Item) -> bool:
