@@ -86,7 +86,8 @@ def _key_file(container: Container) -> dict | None:
 
 def start_serving(engine: docker.DockerClient, image: str, model_store: Path, store_dir: Path,
                   timeout: float = 180.0, models: tuple[str, ...] = (),
-                  keys: dict[str, str] | None = None, state_dir: Path | None = None) -> ServingContainer:
+                  keys: dict[str, str] | None = None, state_dir: Path | None = None,
+                  java_options: str = "") -> ServingContainer:
     """Start `image` as the cluster starts it (`serve`: the model store's desired state), with
     `model_store` and `store_dir` mounted where the TorchServe Deployment mounts its claims; wait
     for a healthy /ping and, for each name in `models`, a ready worker of its default version.
@@ -96,8 +97,11 @@ def start_serving(engine: docker.DockerClient, image: str, model_store: Path, st
     network namespace checks them on the published ports (serving/proxy.py). Without, TorchServe
     makes its own keys (key_file.json) and checks them itself. With `state_dir`, the desired state
     comes from there (mounted where the Deployment mounts its ConfigMap), not the model store.
+    `java_options` go to TorchServe's JVM as JAVA_TOOL_OPTIONS, beside the image's own vmargs.
     """
     environment = {"CTLOOP_STORE_DIR": STORE_MOUNT}
+    if java_options:
+        environment["JAVA_TOOL_OPTIONS"] = java_options
     volumes = {str(Path(model_store).resolve()): {"bind": SERVING_MODEL_STORE, "mode": "rw"},
                str(Path(store_dir).resolve()): {"bind": STORE_MOUNT, "mode": "rw"}}
     if keys is not None:
