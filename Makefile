@@ -3,10 +3,10 @@
 #   make test  - the test suite (make test-fast: the unit tier only)
 #   make bench - the benchmarks: bench/results.json and a Markdown table (about 17-23 minutes)
 # The venv's interpreter: the system's Python 3.11 where there is one, else the first python3.11
-# on PATH. Debian's (and Ubuntu's) is linked statically and built with profile-guided optimization;
-# a pyenv build by default is neither, and ran this machine's Python code 15-35 % slower (`import
-# torch`, which every TorchServe worker does, 1.6 -> 1.4 CPU-seconds; `make test` 1,058-1,113 ->
-# 951 CPU-seconds). `make PYTHON=...` picks another; remove .venv after changing it.
+# on PATH. Debian's is linked statically; pyenv's build here uses a shared libpython and no
+# --enable-optimizations, and ran this machine's Python code 15-37 % slower (`import torch`, which
+# every TorchServe worker does, 1.5 -> 1.3 CPU-seconds; `make test` 1,058-1,113 -> 945
+# CPU-seconds with the other cuts of 8bf43ff). `make PYTHON=...` picks another (remove .venv first).
 PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11) python3.11)
 VENV := .venv
 BIN := $(VENV)/bin
