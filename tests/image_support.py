@@ -10,7 +10,7 @@ from kubeflow_pipeline.images import ImageSettings
 # Read at import: the suite's autouse fixture clears CTLOOP_* variables around each test.
 REQUIRE_DOCKER = os.environ.get("CTLOOP_REQUIRE_DOCKER") == "1"
 IMAGES = ImageSettings("localhost/ctloop-test", "test")
-# The serving pods the tests start live seconds, like the tests' own TorchServes: their JVMs get
-# the same C1-only JIT (tests/conftest.py sets it for those; a pod start 2.2 -> about 1.3
-# CPU-seconds). The image and its vmargs are as shipped.
-POD_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
+# The JIT of every TorchServe JVM the tests start, on the host (tests/conftest.py sets it as
+# JAVA_TOOL_OPTIONS, which says why) and in the serving pods they start (start_serving's
+# java_options; the image and its vmargs are as shipped): C1 only.
+TEST_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"

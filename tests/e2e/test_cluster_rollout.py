@@ -28,7 +28,7 @@ from ctloop import registry
 from ctloop.canary import Canary
 from ctloop_app.container_run import shared_dir, start_serving
 from ctloop_app.install import BRANCH_VERSION, REGISTERED_MODEL
-from image_support import IMAGES, POD_JAVA_OPTIONS
+from image_support import IMAGES, TEST_JAVA_OPTIONS
 from serving.archive import build_archive
 from serving.client import TorchServeClient
 from serving.rollout import ServingDeployment
@@ -87,7 +87,7 @@ def cluster(engine, built, boot, mlflow_schema: Path, tmp_path_factory: pytest.T
         mounted = shared_dir(tmp_path / f"pod-{next(numbers)}")  # the ConfigMap, as the pod mounts it
         write_state(mounted, state)
         return start_serving(engine, IMAGES.image("serving"), model_store, store, models=("champion", "b1", "b2"),
-                             keys=KEYS, state_dir=mounted, java_options=POD_JAVA_OPTIONS)
+                             keys=KEYS, state_dir=mounted, java_options=TEST_JAVA_OPTIONS)
 
     with FakeCluster(start_pod, read_state(model_store)) as fake:
         api = kubernetes.client.ApiClient(kubernetes.client.Configuration(host=fake.url))

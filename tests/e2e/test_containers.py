@@ -39,7 +39,7 @@ from ctloop_app.install import BRANCH_VERSION, REGISTERED_MODEL
 from ctloop_app.kfp_docker import keep_exit_status, run_docker_container
 from ctloop_app.local_run import LocalRun, run_locally
 from ctloop_app.mlflow_server import MlflowServer
-from image_support import IMAGES, POD_JAVA_OPTIONS
+from image_support import IMAGES, TEST_JAVA_OPTIONS
 from kubeflow_pipeline.pipeline import build_pipeline
 from serving.archive import build_archive
 from serving.client import TorchServeClient
@@ -125,7 +125,7 @@ def cstack(engine, built, boot, mlflow_schema: Path, tmp_path: Path) -> Iterator
                           model_store)
         declare(model_store, {"champion": version, "b1": BRANCH_VERSION, "b2": BRANCH_VERSION})
         serving = start_serving(engine, IMAGES.image("serving"), model_store, store, models=("champion", "b1", "b2"),
-                                java_options=POD_JAVA_OPTIONS)
+                                java_options=TEST_JAVA_OPTIONS)
         client = serving.client()
         print(f"stack (MLflow server, serving container with 3 models ready) in {time.monotonic() - started:.1f} s")
         try:
@@ -198,7 +198,7 @@ def test_drift_retrains_in_the_images_and_the_served_champion_answers_from_v2(
     # as Kubernetes replaces a pod: it serves exactly the desired state the deploy wrote, v2.
     cstack.serving.container.kill()
     again = start_serving(engine, IMAGES.image("serving"), cstack.model_store, cstack.store_dir,
-                          models=("champion", "b1", "b2"), java_options=POD_JAVA_OPTIONS)
+                          models=("champion", "b1", "b2"), java_options=TEST_JAVA_OPTIONS)
     try:
         with contextlib.closing(again.client()) as client:
             assert (client.default_version("champion"), client.versions("champion")) == ("2", ["1", "2"])
@@ -233,7 +233,7 @@ def test_the_serving_pod_checks_the_secrets_fixed_keys_across_a_restart(engine, 
     image = ImageSet.load(boot.golden_set).images[:1]
     for _ in range(2):
         pod = start_serving(engine, IMAGES.image("serving"), model_store, store, models=("champion",), keys=keys,
-                            java_options=POD_JAVA_OPTIONS)
+                            java_options=TEST_JAVA_OPTIONS)
         try:
             with contextlib.closing(pod.client()) as client:
                 assert client.predict("champion", image).model_version == "1"

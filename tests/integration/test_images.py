@@ -47,7 +47,7 @@ def test_stage_image_imports_its_component_as_the_shared_group(engine, built, st
     config = engine.images.get(ref).attrs["Config"]
     assert config["User"] == f"10001:{SHARED_GID}"
     # One container per stage: the import, then who runs it (exec_run needs a running container).
-    # One Python process per stage: each imports its stack (torch alone is 1.4 CPU-seconds).
+    # One Python process does the imports (torch alone costs 1.4 CPU-seconds a start).
     container = engine.containers.run(ref, ["sleep", "120"], detach=True)
     try:
         torch_version = "import torch; print(torch.__version__)" if stage in ("train", "analyze") else ""
