@@ -5,10 +5,11 @@ engine. Without an engine that answers, the build is skipped with a message and 
 images are then built by CI.
 
 The base image is used as the engine has it; it is pulled only when asked (`--pull`), or by the
-engine when it has no copy. Before building, the pinned wheels that pip's find-links directories
-hold (e.g. a local torch 2.13.0+cpu) are copied into the context's git-ignored `wheelhouse/`, which
-the Dockerfiles install from first: a machine that cannot reach the PyTorch CPU index builds
-every image too, and CI's build (an empty wheelhouse) is unchanged.
+engine when it has no copy. Before each build, the pinned wheels that pip's find-links directories
+hold (e.g. a local torch 2.13.0+cpu) and that image's requirements pin are linked into the
+context's git-ignored `wheelhouse/`, which the Dockerfiles install from first: a machine that
+cannot reach the PyTorch CPU index builds every image too, and CI's build (an empty wheelhouse)
+is unchanged.
 """
 
 from __future__ import annotations
@@ -224,13 +225,17 @@ def build_images(images: ImageSettings, context: Path, push: bool = False, only:
         log(f"ctloop images: no Docker engine answered ({reason}); skipped building {len(plan)} images. "
             "Start Docker (or set DOCKER_HOST) to build them here; CI builds them on every push.")
         return []
-    prepare_wheelhouse(context, requirement_files(context, plan), find_links(), log)
+    links = find_links()
     dockerfiles = list(dict.fromkeys(item.dockerfile for item in plan))
     report_bases(client, list(dict.fromkeys(base for dockerfile in dockerfiles
                                             for base in base_images(context / dockerfile))), pull, log)
     built = []
     for item in plan:
-        log(f"building {item.ref} from {item.dockerfile}")
+        # Each image's context holds the wheels its own requirements pin, and only those: the SDK
+        # sends the whole context for every build, and the engine hashes each file the Dockerfile
+        # copies, so six of the ten images need not carry torch (190 MB) there.
+        wheels = prepare_wheelhouse(context, requirement_files(context, [item]), links, log=lambda _: None)
+        log(f"building {item.ref} from {item.dockerfile}" + (f" (wheelhouse: {', '.join(wheels)})" if wheels else ""))
         try:
             client.images.build(path=str(context), dockerfile=item.dockerfile, buildargs=item.build_args, tag=item.ref,
                                 rm=True, pull=pull)

@@ -4,7 +4,10 @@ Kubernetes API server whose pods are real serving containers.
 Simulated (tests/kube_fake.py): the API server, the Deployment's rolling update and the
 EndpointSlices. Real: each pod's two containers (TorchServe behind its proxy, with the Secret's
 fixed keys) started from the ConfigMap's desired state on the shared model store, MLflow's
-registry (SQLite), and the kubernetes client making the calls.
+registry (SQLite), and the kubernetes client making the calls. One difference from the cluster's
+pods: they load the champion of that state only. B1 and B2 take no part in a rollout, and each
+would add a worker (a torch import) to each of the eight pods the module starts; the ConfigMap
+still declares them, and the tests check that a deploy keeps them there.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from image_support import IMAGES, TEST_JAVA_OPTIONS
 from serving.archive import build_archive
 from serving.client import TorchServeClient
 from serving.rollout import ServingDeployment
-from serving.state import read_state, write_state
+from serving.state import ServingState, read_state, write_state
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
@@ -69,9 +72,9 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(engine, built, boot, mlflow_schema: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Champion v1 in MLflow; champion v1, B1 and B2 in the model store and its desired state; two
-    pods serving them behind the fake API server. One cluster for the module: a pod serves three
-    models and starts in about 7 CPU-seconds, so each test starts from whatever champion the tests
-    before it left serving (Cluster.champion) rather than from two new pods."""
+    pods serving the champion behind the fake API server. One cluster for the module: a pod starts
+    in about 4 CPU-seconds, so each test starts from whatever champion the tests before it left
+    serving (Cluster.champion) rather than from two new pods."""
     tmp_path = tmp_path_factory.mktemp("cluster")
     model_store, store = shared_dir(tmp_path / "model-store"), shared_dir(tmp_path / "store")
     tracking_uri = new_registry(tmp_path / "mlflow", mlflow_schema)
@@ -83,10 +86,10 @@ def cluster(engine, built, boot, mlflow_schema: Path, tmp_path_factory: pytest.T
     declare(model_store, {"champion": version, "b1": BRANCH_VERSION, "b2": BRANCH_VERSION})
     numbers = itertools.count()
 
-    def start_pod(state):
+    def start_pod(state: ServingState):
         mounted = shared_dir(tmp_path / f"pod-{next(numbers)}")  # the ConfigMap, as the pod mounts it
-        write_state(mounted, state)
-        return start_serving(engine, IMAGES.image("serving"), model_store, store, models=("champion", "b1", "b2"),
+        write_state(mounted, ServingState({"champion": state.model("champion")}))
+        return start_serving(engine, IMAGES.image("serving"), model_store, store, models=("champion",),
                              keys=KEYS, state_dir=mounted, java_options=TEST_JAVA_OPTIONS)
 
     with FakeCluster(start_pod, read_state(model_store)) as fake:

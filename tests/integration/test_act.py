@@ -194,12 +194,13 @@ def test_ci_compile_uploads_the_pipeline(act: str, seed: list[str], tmp_path: Pa
 @pytest.mark.parametrize("image", ["monitor", "serving"])
 def test_ci_build(act: str, engine, image: str, tmp_path: Path,
                   tmp_path_factory: pytest.TempPathFactory) -> None:
-    from ctloop_app.images_build import pip_find_links, prepare_wheelhouse, requirement_files
+    from ctloop_app.images_build import build_plan, pip_find_links, prepare_wheelhouse, requirement_files
+    from image_support import IMAGES
 
     # The PyTorch index the requirements name is out of reach here: the wheels `make images` would
-    # put in the context's wheelhouse/ (pip's find-links) go to the build-push stand-in.
+    # put in this image's context's wheelhouse/ (pip's find-links) go to the build-push stand-in.
     house = tmp_path_factory.mktemp("wheelhouse-context")
-    prepare_wheelhouse(house, requirement_files(ROOT), pip_find_links())
+    prepare_wheelhouse(house, requirement_files(ROOT, build_plan(IMAGES, (image,))), pip_find_links())
     tag = None
     try:
         log, _ = run_act(act, tmp_path, "ci.yml", "build", "push", push_event(),

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 
-from components.train import TrainResult, train_challenger
+from components.train.logic import TrainResult, train_challenger
 from ctloop import registry
 from ctloop.images import ImageSet
 from ctloop.modelfile import load_model

@@ -14,8 +14,17 @@ from scipy.stats import binomtest
 from sklearn.datasets import load_digits
 from sklearn.metrics import f1_score
 
-from components.analyze import AnalysisResult, ModelScores, PseudoLabelGate, analyze
-from components.analyze.logic import HoldoutEvidence, decide, holdout_evidence, mcnemar_p_value, scores_from_labels
+from components.analyze.logic import (
+    AnalysisResult,
+    HoldoutEvidence,
+    ModelScores,
+    PseudoLabelGate,
+    analyze,
+    decide,
+    holdout_evidence,
+    mcnemar_p_value,
+    scores_from_labels,
+)
 from components.notify.logic import not_deployed
 from ctloop.config import PipelineConfig
 from ctloop.images import ImageSet

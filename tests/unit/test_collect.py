@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import components.collect
 from components.collect.logic import cap_per_class, collect_window
 from ctloop import wire
 from ctloop.collected import CollectedSet
@@ -30,11 +29,6 @@ def previous_set(path: Path, count: int = 6, images: np.ndarray | None = None) -
         images = rng.random((count, *SIZE), dtype=np.float32)
     ImageSet(images, np.arange(len(images), dtype=np.int64) % len(CLASSES), CLASSES).save(path)
     return path
-
-
-def test_public_names():
-    assert sorted(components.collect.__all__) == ["CollectResult", "CollectSummary", "cap_per_class",
-                                                  "collect_from_registry", "collect_window"]
 
 
 def test_collects_the_window_samples_unlabelled(prediction_store, tmp_path):

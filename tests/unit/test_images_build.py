@@ -65,11 +65,13 @@ class FakeImages:
     def __init__(self, present: tuple[str, ...] = (BASE,)) -> None:
         self.calls: list[tuple] = []
         self.pulls: list[bool] = []
+        self.wheelhouses: list[list[str]] = []  # the wheels in the context as each build began
         self.present = present
 
     def build(self, **kwargs):
         self.calls.append(("build", kwargs["dockerfile"], kwargs["buildargs"], kwargs["tag"], kwargs["path"]))
         self.pulls.append(kwargs["pull"])
+        self.wheelhouses.append(sorted(path.name for path in Path(kwargs["path"]).glob("wheelhouse/*.whl")))
         return object(), iter(())
 
     def get(self, name):
@@ -180,6 +182,18 @@ def test_the_wheelhouse_follows_the_plans_requirements(checkout, tmp_path, monke
     assert prepare_wheelhouse(checkout, monitor_only, [links], lambda _: None) == [], "monitor carries no torch"
     serving = requirement_files(checkout, build_plan(IMAGES, ("serving",)))
     assert prepare_wheelhouse(checkout, serving, [links], lambda _: None) == [torch.name]
+
+
+def test_each_image_is_built_with_only_the_wheels_its_requirements_pin(checkout, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(images_build.platform, "machine", lambda: "x86_64")
+    torch = wheel(tmp_path / "find-links", "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+    images, lines = FakeImages(), []
+    build_images(IMAGES, checkout, only=("monitor", "train", "notify", "serving"),
+                 engine=lambda: (fake_client(images), ""), log=lines.append, find_links=lambda: [torch.parent])
+    assert images.wheelhouses == [[], [torch.name], [], [torch.name]]
+    assert f"building {IMAGES.image('monitor')} from components/Dockerfile" in lines
+    assert f"building {IMAGES.image('train')} from components/Dockerfile (wheelhouse: {torch.name})" in lines
+    assert [path.name for path in (checkout / "wheelhouse").glob("*.whl")] == [torch.name]  # serving's, the last
 
 
 def test_pip_find_links_are_the_local_directories_pip_is_configured_with(tmp_path) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import components.monitor
 from ctloop import wire
 from components.monitor.logic import MonitorResult, PredictionLogError, check_store_yield, check_yield
 
@@ -17,11 +16,6 @@ DEFAULTS = dict(recent_window=10, yield_threshold=0.7, yield_drop_tolerance=0.05
 
 def run(store_dir: Path, **overrides):
     return check_yield(store_dir, **{**DEFAULTS, **overrides})
-
-
-def test_public_names():
-    assert sorted(components.monitor.__all__) == ["MonitorResult", "PredictionLogError", "check_store_yield",
-                                                  "check_yield"]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import components.notify
 from components.analyze.logic import AnalysisResult, HoldoutEvidence, scores_from_labels
 from components.monitor.logic import MonitorResult, check_store_yield
 from components.notify.logic import (
@@ -50,13 +49,6 @@ def outbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "slack_outbox.jsonl"
     monkeypatch.setenv("CTLOOP_SLACK_OUTBOX", str(path))
     return path
-
-
-def test_public_names():
-    assert sorted(components.notify.__all__) == [
-        "Consensus", "announce_deployed", "announce_not_deployed", "announce_retrain", "announce_run_end",
-        "deployed", "not_deployed", "retrain_started",
-    ]
 
 
 def test_retrain_started_shows_the_monitor_figures():

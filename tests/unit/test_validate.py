@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import components.validate
 from ctloop.collected import CollectedSet
 from components.validate.logic import ValidationError, validate_collected
 
@@ -44,10 +43,6 @@ def failing(tmp_path: Path, data: CollectedSet | None, message: str, **kwargs) -
     assert str(caught.value).startswith(f"{tmp_path / 'collected.npz'}: validation failed - ")
     assert str(caught.value).endswith(f"(report: {tmp_path / 'report.md'})")
     return (tmp_path / "report.md").read_text()
-
-
-def test_public_names():
-    assert sorted(components.validate.__all__) == ["Check", "ValidationError", "ValidationReport", "validate_collected"]
 
 
 def test_a_good_merged_set_passes_and_is_reported(tmp_path):
