@@ -114,6 +114,8 @@ class _Segment:
         except OSError:
             os.close(self.sample_fd)
             raise
+        opened = os.fstat(self.sample_fd)
+        self.identity = (opened.st_dev, opened.st_ino)  # what in_place looks for at the store's path
         self.started, self.count = started, 0
         self.sample_size = self.log_size = 0
         self.broken = False
@@ -125,8 +127,7 @@ class _Segment:
             found = os.stat(store_dir / self.samples_ref)
         except OSError:
             return False
-        opened = os.fstat(self.sample_fd)
-        return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
+        return (found.st_dev, found.st_ino) == self.identity
 
     def write(self, samples: bytes, lines: bytes, count: int) -> None:
         """Samples first, then the lines that reference them; on failure both files go back to

@@ -46,8 +46,8 @@ def test_stage_image_imports_its_component_as_the_shared_group(engine, built, st
     ref = IMAGES.image(stage)
     config = engine.images.get(ref).attrs["Config"]
     assert config["User"] == f"10001:{SHARED_GID}"
-    # One container per stage: the import, then who runs it (exec_run needs a running container).
-    # One Python process does the imports (torch alone costs 1.4 CPU-seconds a start).
+    # One container per stage: the imports, in one Python process (torch alone costs 1.4 CPU-seconds
+    # a start), then who runs it (exec_run needs a running container).
     container = engine.containers.run(ref, ["sleep", "120"], detach=True)
     try:
         torch_version = "import torch; print(torch.__version__)" if stage in ("train", "analyze") else ""
